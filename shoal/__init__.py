@@ -1,0 +1,72 @@
+"""shoal: federated deep learning for PyTorch.
+
+The short way in::
+
+    import shoal
+    from shoal.data import iid, mnist_subset
+    from shoal.models import mcmahan_cnn
+
+    data = iid(mnist_subset(), num_clients=100, seed=0)
+    history = shoal.simulate(
+        model=mcmahan_cnn,
+        data=data,
+        strategy=shoal.FedAvg(clients_per_round=10),
+        trainer=shoal.TorchTrainer(lr=0.05, local_epochs=1, batch_size=32),
+        rounds=20,
+        seed=0,
+    )
+    print(history.final_accuracy)
+"""
+
+from shoal.client import ClientApp, TorchTrainer
+from shoal.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    RoundAbortedError,
+    ShoalError,
+    SpecMismatchError,
+    WireFormatError,
+)
+from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
+from shoal.params import ParamSpec, flatten, from_module, model_hash, to_module, unflatten
+from shoal.runtime import Backend, History, InProcessBackend, Simulation, simulate
+from shoal.strategy import FedAvg, Strategy, weighted_mean
+from shoal.transforms import HalfPrecision, UpdateTransform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "CheckpointError",
+    "ClientApp",
+    "ConfigError",
+    "DataError",
+    "EvalResult",
+    "EvalTask",
+    "Failure",
+    "FailureKind",
+    "FedAvg",
+    "HalfPrecision",
+    "History",
+    "InProcessBackend",
+    "ParamSpec",
+    "RoundAbortedError",
+    "ShoalError",
+    "Simulation",
+    "SpecMismatchError",
+    "Strategy",
+    "TorchTrainer",
+    "TrainResult",
+    "TrainTask",
+    "UpdateTransform",
+    "WireFormatError",
+    "__version__",
+    "flatten",
+    "from_module",
+    "model_hash",
+    "simulate",
+    "to_module",
+    "unflatten",
+    "weighted_mean",
+]

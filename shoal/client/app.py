@@ -1,0 +1,66 @@
+"""What a device runs, and how a runtime calls it.
+
+A :class:`ClientApp` turns a task and local data into a result. The same app runs in
+simulation, on a Ray worker and on a real device: :func:`run_train` wraps it with the
+client half of the update transforms and turns any exception into a :class:`Failure`,
+so one broken client can never stall a round.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from shoal.data.datasets import ClientData
+from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
+from shoal.models import ModelFactory
+from shoal.transforms.base import TransformContext, UpdateTransform, apply_client
+
+
+@runtime_checkable
+class ClientApp(Protocol):
+    """A device's training and evaluation code."""
+
+    def train(self, task: TrainTask, data: ClientData) -> TrainResult:
+        """Train from ``task.params``; put the new-minus-global weights in ``payload["delta"]``."""
+        ...
+
+    def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
+        """Evaluate ``task.params`` on the client's held-out data."""
+        ...
+
+
+class AppBuilder(Protocol):
+    """Builds a :class:`ClientApp` where it will run (once per process or worker)."""
+
+    def build(self, model: ModelFactory) -> ClientApp: ...
+
+
+def _failure(task: TrainTask | EvalTask, exc: BaseException) -> Failure:
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+    return Failure(task.round, task.client_id, FailureKind.ERROR, f"{type(exc).__name__}: {exc}{at}")
+
+
+def run_train(
+    app: ClientApp,
+    task: TrainTask,
+    data: ClientData,
+    transforms: Sequence[UpdateTransform] = (),
+    run_seed: int = 0,
+) -> TrainResult | Failure:
+    """Train, then apply the client side of each transform in order."""
+    try:
+        result = app.train(task, data)
+        ctx = TransformContext(round=task.round, run_seed=run_seed, num_params=task.params.shape[0])
+        return apply_client(transforms, result, ctx)
+    except Exception as exc:  # a client's bug is the client's failure, not the server's
+        return _failure(task, exc)
+
+
+def run_evaluate(app: ClientApp, task: EvalTask, data: ClientData) -> EvalResult | Failure:
+    try:
+        return app.evaluate(task, data)
+    except Exception as exc:
+        return _failure(task, exc)

@@ -1,0 +1,98 @@
+"""In-memory datasets: what a loader returns and what a client holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import torch
+
+from shoal.errors import DataError
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features ``x`` (float32, [n, ...]) and integer labels ``y`` ([n]) as tensors."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        if self.x.dtype != torch.float32:
+            raise DataError(f"features must be float32, got {self.x.dtype}")
+        if self.y.dtype != torch.int64 or self.y.ndim != 1:
+            raise DataError(f"labels must be a 1-D int64 tensor, got {self.y.dtype}{list(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, indices: np.ndarray) -> ArrayDataset:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return ArrayDataset(self.x[idx].contiguous(), self.y[idx].contiguous())
+
+    @classmethod
+    def from_numpy(cls, x: np.ndarray, y: np.ndarray) -> ArrayDataset:
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+        )
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """A centralized dataset as a loader returns it: train split, optional test split."""
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset | None
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One device's data: what it trains on and what it holds out for federated evaluation."""
+
+    train: ArrayDataset
+    test: ArrayDataset | None = None
+
+
+@dataclass(frozen=True)
+class FederatedDataset:
+    """Client id -> that client's data, plus the server's centralized test set (if any)."""
+
+    name: str
+    clients: Mapping[str, ClientData]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    test: ArrayDataset | None = None
+    description: Mapping[str, str | int | float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            raise DataError(f"{self.name}: a federated dataset needs at least one client")
+        object.__setattr__(self, "clients", MappingProxyType(dict(self.clients)))
+        object.__setattr__(self, "description", MappingProxyType(dict(self.description)))
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.clients)
+
+    def __getitem__(self, client_id: str) -> ClientData:
+        return self.clients[client_id]
+
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self.clients)
+
+    def sizes(self) -> dict[str, int]:
+        return {cid: len(c.train) for cid, c in self.clients.items()}

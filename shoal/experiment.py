@@ -1,0 +1,109 @@
+"""From a :class:`RunConfig` to a finished run folder: what ``shoal run`` does."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal import config as cfgmod
+from shoal.config import DatasetName, RunConfig, TransformName
+from shoal.data.datasets import FederatedDataset, LabeledData
+from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
+from shoal.data.partition import partition
+from shoal.errors import CheckpointError
+from shoal.models import ModelFactory, ModelName, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.runtime.history import History
+from shoal.runtime.simulation import Callback, Simulation
+from shoal.transforms.base import UpdateTransform
+from shoal.transforms.half_precision import HalfPrecision
+
+
+def load_data(cfg: RunConfig) -> FederatedDataset:
+    d = cfg.data
+    central: LabeledData
+    if d.dataset is DatasetName.FASHION_MNIST:
+        central = fashion_mnist(d.path)
+    elif d.dataset is DatasetName.DIGITS:
+        central = digits(d.test_fraction, cfg.seed)
+    elif d.dataset is DatasetName.CSV:
+        central = load_csv(d.path or "", d.label_column, d.test_fraction, cfg.seed)
+    else:
+        central = mnist_subset(d.test_fraction, cfg.seed)
+    return partition(
+        central,
+        d.partition,
+        d.num_clients,
+        seed=cfg.seed,
+        dirichlet_alpha=d.dirichlet_alpha,
+        shards_per_client=d.shards_per_client,
+        quantity_sigma=d.quantity_sigma,
+        holdout_fraction=d.holdout_fraction,
+    )
+
+
+def model_factory(cfg: RunConfig, data: FederatedDataset) -> ModelFactory:
+    """A picklable factory (a partial), so it can travel to other processes."""
+    shape, classes = data.input_shape, data.num_classes
+    if cfg.model.name is ModelName.MCMAHAN_CNN:
+        return functools.partial(mcmahan_cnn, shape, classes)
+    if cfg.model.name is ModelName.MCMAHAN_2NN:
+        return functools.partial(mcmahan_2nn, shape, classes)
+    return functools.partial(mlp, shape, classes, cfg.model.hidden)
+
+
+def make_transforms(names: Sequence[TransformName]) -> list[UpdateTransform]:
+    table = {TransformName.HALF_PRECISION: HalfPrecision}
+    return [table[n]() for n in names]
+
+
+def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
+    data = load_data(cfg)
+    return Simulation(
+        model_factory(cfg, data),
+        data,
+        cfg.strategy.build(),
+        cfg.trainer,
+        seed=cfg.seed,
+        transforms=make_transforms(cfg.transforms),
+        eval_every=cfg.eval.eval_every,
+        federated_eval_every=cfg.eval.federated_eval_every,
+        federated_eval_clients=cfg.eval.federated_eval_clients,
+        out_dir=out_dir,
+    )
+
+
+def run(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> History:
+    """A fresh run into ``out_dir``: config.toml, metrics.jsonl, checkpoints, model, summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
+    (out_dir / "metrics.jsonl").write_text("")
+    sim = build(cfg, out_dir)
+    return _finish(sim.run(cfg.rounds, callbacks), cfg, out_dir)
+
+
+def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callback] = ()) -> History:
+    """Continue an interrupted run from its last checkpoint, to its configured round count."""
+    if not (out_dir / "config.toml").is_file():
+        raise CheckpointError(f"{out_dir} has no config.toml; pass the folder of a shoal run")
+    cfg = cfgmod.load(out_dir / "config.toml")
+    sim = build(cfg, out_dir)
+    sim.resume()
+    return _finish(sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
+
+
+def _finish(history: History, cfg: RunConfig, out_dir: Path) -> History:
+    summary = {
+        "rounds": len(history.records),
+        "final_test_accuracy": history.final_accuracy,
+        "model_hash": history.model_hash,
+        "bytes_up": history.bytes_up,
+        "bytes_down": history.bytes_down,
+        "wall_time": history.records[-1]["elapsed"] if history.records else 0.0,
+        "num_params": history.spec.num_params,
+        "seed": cfg.seed,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    history.extra["summary"] = summary
+    return history

@@ -1,0 +1,314 @@
+"""The round loop: configure -> run clients -> server transforms -> aggregate -> evaluate -> record.
+
+The loop never knows where clients run (that is the backend's business) nor what the
+server algorithm is (the strategy's). It owns the global weights, validation of what
+comes back, evaluation, metrics, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shoal.client.app import AppBuilder
+from shoal.client.trainer import TorchTrainer, evaluate_module
+from shoal.data.datasets import FederatedDataset
+from shoal.errors import ConfigError, RoundAbortedError, SpecMismatchError
+from shoal.messages import (
+    EvalResult,
+    EvalTask,
+    Failure,
+    FailureKind,
+    TrainResult,
+    TrainTask,
+    encoded_size,
+)
+from shoal.models import ModelFactory
+from shoal.params import FlatModule, ParamSpec, check_vector, from_module, model_hash, save_params
+from shoal.rng import Stream
+from shoal.runtime.backend import Backend, InProcessBackend
+from shoal.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from shoal.runtime.history import History, MetricsLog, Record
+from shoal.strategy.base import RoundContext, Strategy
+from shoal.transforms.base import TransformContext, UpdateTransform, apply_server
+
+Callback = Callable[[Record], None]
+StopCondition = Callable[[Record], bool]
+
+
+def initial_params(model: ModelFactory, seed: int) -> tuple[np.ndarray, ParamSpec]:
+    """The model's initial weights, drawn from ``seed`` without touching global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return from_module(model())
+
+
+class Simulation:
+    """One federated run; :func:`simulate` is the short way to make and run one."""
+
+    def __init__(
+        self,
+        model: ModelFactory,
+        data: FederatedDataset,
+        strategy: Strategy,
+        trainer: AppBuilder | None = None,
+        *,
+        seed: int = 0,
+        transforms: Sequence[UpdateTransform] = (),
+        backend: Backend | None = None,
+        eval_every: int = 1,
+        federated_eval_every: int = 0,
+        federated_eval_clients: int = 10,
+        out_dir: str | Path | None = None,
+        params: np.ndarray | None = None,
+    ) -> None:
+        if eval_every < 0 or federated_eval_every < 0 or federated_eval_clients < 1:
+            raise ConfigError("eval_every and federated_eval_every must be >= 0, federated_eval_clients >= 1")
+        self.data, self.strategy, self.seed = data, strategy, seed
+        self.transforms = list(transforms)
+        self.eval_every, self.fed_every, self.fed_clients = (
+            eval_every,
+            federated_eval_every,
+            federated_eval_clients,
+        )
+        self.params, self.spec = initial_params(model, seed)
+        if params is not None:
+            check_vector(params, self.spec, "initial params")
+            self.params = params.copy()
+        self.backend = backend or InProcessBackend(trainer or TorchTrainer(), model, data, transforms, seed)
+        self._server = FlatModule(model()) if data.test is not None else None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir else None
+        self.records: list[Record] = []
+        self.round = 0  # last completed round
+
+    # -- persistence ---------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the output folder's checkpoint, dropping anything logged after it."""
+        if self.out_dir is None or self.log is None:
+            raise ConfigError("resume needs out_dir, the folder of the interrupted run")
+        ckpt = load_checkpoint(self.out_dir / "checkpoint.safetensors")
+        if ckpt.spec != self.spec:
+            raise SpecMismatchError("the checkpoint's model differs from this run's model; same config?")
+        self.params, self.round = ckpt.params.copy(), ckpt.round
+        self.strategy.load_state_dict(ckpt.state["strategy"])
+        for t, s in zip(self.transforms, ckpt.state["transforms"], strict=True):
+            t.load_state_dict(s)
+        self.records = self.log.truncate(ckpt.round)
+
+    def _checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        state = {
+            "strategy": self.strategy.state_dict(),
+            "transforms": [t.state_dict() for t in self.transforms],
+        }
+        save_checkpoint(
+            self.out_dir / "checkpoint.safetensors",
+            Checkpoint(self.round, self.params, self.spec, state),
+        )
+
+    # -- one round -----------------------------------------------------------------------
+    def _collect(
+        self,
+        tasks: Sequence[TrainTask],
+        outcomes: Sequence[TrainResult | Failure],
+        ctx: RoundContext,
+    ) -> tuple[list[TrainResult], list[Failure]]:
+        """Keep results that answer a task of this round; reject the rest as failures."""
+        expected = {t.client_id for t in tasks}
+        results: list[TrainResult] = []
+        failures = [o for o in outcomes if isinstance(o, Failure)]
+        for o in outcomes:
+            if not isinstance(o, TrainResult):
+                continue
+            if o.round != ctx.round or o.client_id not in expected:
+                failures.append(
+                    Failure(
+                        ctx.round,
+                        o.client_id,
+                        FailureKind.REJECTED,
+                        "result for no task of this round",
+                    )
+                )
+            else:
+                expected.discard(o.client_id)
+                results.append(o)
+        tctx = TransformContext(ctx.round, self.seed, self.spec.num_params)
+        results, rejected = apply_server(self.transforms, results, tctx)
+        failures += rejected
+        valid = []
+        for r in results:
+            delta = r.payload.get("delta")
+            if (
+                delta is None
+                or delta.dtype != np.float32
+                or delta.shape != (self.spec.num_params,)
+                or not np.isfinite(delta).all()
+            ):
+                failures.append(
+                    Failure(
+                        ctx.round,
+                        r.client_id,
+                        FailureKind.REJECTED,
+                        "update is not a finite float32 vector of the model's size",
+                    )
+                )
+            else:
+                valid.append(r)
+        return valid, failures
+
+    def _train(self, ctx: RoundContext, record: Record) -> None:
+        try:
+            tasks = self.strategy.configure_train(ctx, self.params, self.data.client_ids)
+        except RoundAbortedError as exc:
+            record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
+            return
+        outcomes = self.backend.train(tasks)
+        results, failures = self._collect(tasks, outcomes, ctx)
+        record.update(
+            clients_selected=len(tasks),
+            clients_completed=len(results),
+            clients_failed=len(failures),
+            bytes_down=sum(encoded_size(t) for t in tasks),
+            bytes_up=sum(encoded_size(o) for o in outcomes if isinstance(o, TrainResult)),
+            failures=[f"{f.client_id}: {f.kind.value}: {f.reason}" for f in failures[:5]],
+        )
+        n = sum(r.num_examples for r in results)
+        losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
+        if losses and n:
+            record["train_loss"] = sum(float(v) * k for v, k in losses) / sum(k for _, k in losses)
+        try:
+            new = self.strategy.aggregate_train(ctx, self.params, results, failures)
+            check_vector(new, self.spec, "aggregated model")
+            self.params = new
+        except (RoundAbortedError, SpecMismatchError) as exc:
+            record.update(aborted=True, abort_reason=str(exc))
+
+    def _evaluate(self, r: int, last: int, record: Record) -> None:
+        if (
+            self._server is not None
+            and self.data.test is not None
+            and self.eval_every
+            and (r % self.eval_every == 0 or r == last)
+        ):
+            self._server.load(self.params)
+            record["test_loss"], record["test_accuracy"] = evaluate_module(
+                self._server.module, self.data.test
+            )
+        if self.fed_every and (r % self.fed_every == 0 or r == last):
+            record.update(self._federated_eval(r))
+
+    def _federated_eval(self, r: int) -> Record:
+        holders = [cid for cid, c in self.data.clients.items() if c.test is not None and len(c.test)]
+        if not holders:
+            raise ConfigError("federated evaluation needs client holdouts: set data.holdout_fraction > 0")
+        rng = RoundContext(r, self.seed).rng(Stream.FEDERATED_EVAL)
+        chosen = sorted(rng.choice(len(holders), size=min(self.fed_clients, len(holders)), replace=False))
+        outs = self.backend.evaluate([EvalTask(r, holders[i], self.params) for i in chosen])
+        ok = [o for o in outs if isinstance(o, EvalResult)]
+        n = sum(o.num_examples for o in ok)
+        if not n:
+            return {"fed_eval_clients": 0}
+        return {
+            "fed_eval_loss": sum(float(o.metrics["loss"]) * o.num_examples for o in ok) / n,
+            "fed_eval_accuracy": sum(float(o.metrics["accuracy"]) * o.num_examples for o in ok) / n,
+            "fed_eval_clients": len(ok),
+        }
+
+    def step(self, last: int) -> Record:
+        """Run the next round and return its record."""
+        r = self.round + 1
+        start = time.perf_counter()
+        record: Record = {"round": r, "aborted": False}
+        self._train(RoundContext(r, self.seed), record)
+        self._evaluate(r, last, record)
+        record["wall_time"] = time.perf_counter() - start
+        record["elapsed"] = (self.records[-1]["elapsed"] if self.records else 0.0) + record["wall_time"]
+        self.round = r
+        self.records.append(record)
+        if self.log is not None:
+            self.log.append(record)
+        self._checkpoint()
+        return record
+
+    def run(
+        self,
+        rounds: int,
+        callbacks: Sequence[Callback] = (),
+        stop_when: StopCondition | None = None,
+    ) -> History:
+        """Run until ``rounds`` rounds are complete (counting any done before a resume),
+        or until ``stop_when(record)`` is true after a round (a target accuracy, a budget)."""
+        if rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {rounds}")
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            while self.round < rounds:
+                record = self.step(rounds)
+                for cb in callbacks:
+                    cb(record)
+                if stop_when is not None and stop_when(record):
+                    break
+        finally:
+            self.backend.close()
+        if self.out_dir is not None:
+            save_params(
+                self.out_dir / "model.safetensors",
+                self.params,
+                self.spec,
+                {"model_hash": model_hash(self.params)},
+            )
+        return History(list(self.records), self.params, self.spec, self.out_dir)
+
+
+def simulate(
+    model: ModelFactory,
+    data: FederatedDataset,
+    strategy: Strategy,
+    trainer: AppBuilder | None = None,
+    *,
+    rounds: int,
+    seed: int = 0,
+    transforms: Sequence[UpdateTransform] = (),
+    backend: Backend | None = None,
+    eval_every: int = 1,
+    federated_eval_every: int = 0,
+    federated_eval_clients: int = 10,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    params: np.ndarray | None = None,
+    callbacks: Sequence[Callback] = (),
+    stop_when: StopCondition | None = None,
+) -> History:
+    """Train ``model`` on ``data`` with ``strategy`` for ``rounds`` rounds; return the History.
+
+    Example::
+
+        data = shoal.data.iid(shoal.data.digits(), num_clients=20, seed=0)
+        model = lambda: shoal.models.mlp(data.input_shape, data.num_classes)
+        history = shoal.simulate(model, data, shoal.FedAvg(clients_per_round=5), rounds=3)
+        history.final_accuracy
+    """
+    sim = Simulation(
+        model,
+        data,
+        strategy,
+        trainer,
+        seed=seed,
+        transforms=transforms,
+        backend=backend,
+        eval_every=eval_every,
+        federated_eval_every=federated_eval_every,
+        federated_eval_clients=federated_eval_clients,
+        out_dir=out_dir,
+        params=params,
+    )
+    if resume:
+        sim.resume()
+    return sim.run(rounds, callbacks, stop_when)

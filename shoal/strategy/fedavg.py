@@ -1,0 +1,86 @@
+"""Federated Averaging (McMahan et al. 2017, Algorithm 1), with a server learning rate.
+
+Each round: sample ``m = max(round(C * K), 1)`` of the ``K`` available clients (or a fixed
+``clients_per_round``), send them the model, and set ``w <- w + server_lr * agg(deltas)``
+with the aggregator weighting clients by their example counts. ``server_lr = 1`` is the
+paper's rule. Rounds with fewer than ``min_clients`` results are aborted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shoal.errors import ConfigError, RoundAbortedError
+from shoal.messages import Failure, Scalar, TrainResult, TrainTask
+from shoal.strategy.aggregators import Aggregator, weighted_mean
+from shoal.strategy.base import RoundContext
+
+
+@dataclass
+class FedAvg:
+    clients_per_round: int | None = 10
+    fraction: float | None = None  # C in the paper; used instead of clients_per_round when set
+    min_clients: int = 1  # fewer results than this and the round is abandoned
+    server_lr: float = 1.0
+    aggregator: Aggregator = weighted_mean
+    client_config: Mapping[str, Scalar] = field(default_factory=dict)  # sent with every task
+
+    def __post_init__(self) -> None:
+        if self.fraction is not None:
+            if not 0.0 < self.fraction <= 1.0:
+                raise ConfigError(f"strategy.fraction must be in (0, 1], got {self.fraction}")
+        elif self.clients_per_round is None or self.clients_per_round < 1:
+            raise ConfigError(f"strategy.clients_per_round must be >= 1, got {self.clients_per_round}")
+        if self.min_clients < 1:
+            raise ConfigError(f"strategy.min_clients must be >= 1, got {self.min_clients}")
+        if not self.server_lr > 0:
+            raise ConfigError(f"strategy.server_lr must be > 0, got {self.server_lr}")
+
+    def num_to_select(self, available: int) -> int:
+        wanted = (
+            max(round(self.fraction * available), 1)
+            if self.fraction is not None
+            else int(self.clients_per_round or 1)
+        )
+        return min(wanted, available)
+
+    def configure_train(
+        self, ctx: RoundContext, params: np.ndarray, available: Sequence[str]
+    ) -> list[TrainTask]:
+        if len(available) < self.min_clients:
+            raise RoundAbortedError(
+                f"round {ctx.round}: only {len(available)} clients available, "
+                f"min_clients is {self.min_clients}"
+            )
+        chosen = ctx.rng().choice(len(available), size=self.num_to_select(len(available)), replace=False)
+        return [
+            TrainTask(ctx.round, available[i], params, ctx.client_seed(available[i]), self.client_config)
+            for i in sorted(chosen)
+        ]
+
+    def aggregate_train(
+        self,
+        ctx: RoundContext,
+        params: np.ndarray,
+        results: Sequence[TrainResult],
+        failures: Sequence[Failure],
+    ) -> np.ndarray:
+        if len(results) < self.min_clients:
+            raise RoundAbortedError(
+                f"round {ctx.round}: {len(results)} results ({len(failures)} failed), "
+                f"min_clients is {self.min_clients}"
+            )
+        deltas = np.stack([r.payload["delta"] for r in results])  # [n, d]
+        weights = np.array([r.num_examples for r in results], dtype=np.float64)
+        step = self.aggregator(deltas, weights)
+        return params + np.float32(self.server_lr) * step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # FedAvg keeps no state across rounds
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,65 @@
+"""The update path as a list of small, composable transforms (after pfl-research).
+
+Each transform has a client half, applied in list order to a client's result before it
+leaves the device, and a server half, applied in *reverse* order to the whole cohort of
+results before the strategy aggregates them. The server half sees the cohort, not one
+update, because some steps only make sense on all of them together: secure aggregation
+unmasks only the sum, central DP noises only the sum. Such a step returns a single
+result that stands for the cohort (its ``num_examples`` the cohort's total). A server half
+that cannot use one client's result (wrong payload, bad shape) returns a :class:`Failure`
+in its place: one bad client costs its own update, never the round.
+
+Transforms carry their state (residuals, adaptive clip norms) in ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from shoal.messages import Failure, TrainResult
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    round: int
+    run_seed: int
+    num_params: int
+
+
+@runtime_checkable
+class UpdateTransform(Protocol):
+    def client_apply(self, result: TrainResult, ctx: TransformContext) -> TrainResult:
+        """Rewrite one client's result on the device (clip, noise, compress, mask)."""
+        ...
+
+    def server_apply(
+        self, results: Sequence[TrainResult], ctx: TransformContext
+    ) -> list[TrainResult | Failure]:
+        """Undo or complete the step on the server, over the whole cohort."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def apply_client(
+    transforms: Sequence[UpdateTransform], result: TrainResult, ctx: TransformContext
+) -> TrainResult:
+    for t in transforms:
+        result = t.client_apply(result, ctx)
+    return result
+
+
+def apply_server(
+    transforms: Sequence[UpdateTransform], results: Sequence[TrainResult], ctx: TransformContext
+) -> tuple[list[TrainResult], list[Failure]]:
+    """Server halves in reverse order; returns the surviving results and the rejections."""
+    out, rejected = list(results), []
+    for t in reversed(transforms):
+        mixed = t.server_apply(out, ctx)
+        out = [r for r in mixed if isinstance(r, TrainResult)]
+        rejected += [r for r in mixed if isinstance(r, Failure)]
+    return out, rejected

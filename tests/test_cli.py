@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shoal.cli import main
+
+TINY = [
+    "--dataset",
+    "digits",
+    "--model-name",
+    "mlp",
+    "--hidden",
+    "16",
+    "--num-clients",
+    "10",
+    "--clients-per-round",
+    "3",
+    "--lr",
+    "0.3",
+    "--local-epochs",
+    "2",
+    "--batch-size",
+    "16",
+]
+
+
+def test_run_writes_a_complete_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--quiet", "--rounds", "3", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "final test accuracy: 0." in printed
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "report.html",
+        "summary.json",
+        "checkpoint.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3]
+    for key in (
+        "train_loss",
+        "test_accuracy",
+        "clients_selected",
+        "clients_completed",
+        "clients_failed",
+        "bytes_down",
+        "bytes_up",
+        "wall_time",
+    ):
+        assert key in records[-1], key
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 4 and "Accuracy" in page and "Bytes on the wire" in page
+    assert "clients_per_round = 3" in (out / "config.toml").read_text()
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_bad_flags_and_files_are_clear_errors(tmp_path, capsys):
+    assert main(["run", "--quiet", "--partition", "zigzag", "--out", str(tmp_path)]) == 2
+    assert "--partition: 'zigzag' is not allowed; choose one of 'iid'" in capsys.readouterr().err
+    assert main(["run", "--quiet", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["run", "--quiet", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "config" in capsys.readouterr().err
+
+
+def _shoal(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shoal.cli", *args]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_model(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    flags = ["--quiet", "--rounds", "8", "--seed", "4", *TINY]
+    whole = subprocess.run(
+        _shoal("run", "--out", str(tmp_path / "whole"), *flags),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert whole.returncode == 0, whole.stderr
+    expected = json.loads((tmp_path / "whole" / "summary.json").read_text())["model_hash"]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _shoal("run", "--out", str(out), *flags),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = len(metrics.read_text().splitlines())
+    assert 3 <= done < 8, "the run should have been killed mid-way; make it longer if this machine is fast"
+    resumed = subprocess.run(
+        _shoal("run", "--quiet", "--resume", str(out)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"model hash: {expected}" in resumed.stdout
+    assert [json.loads(x)["round"] for x in metrics.read_text().splitlines()] == list(range(1, 9))
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "--clients-per-round" in text and "strategy.clients_per_round (default: 10)" in text
+    assert "{iid,dirichlet,shards,quantity-skew}" in text
