@@ -30,19 +30,28 @@ def _series(records: list[Record], key: str) -> tuple[list[int], list[float]]:
 
 
 def _plot(
-    records: list[Record], keys: list[tuple[str, str]], title: str, ylabel: str, scale: float = 1.0
+    records: list[Record],
+    keys: list[tuple[str, str]],
+    title: str,
+    ylabel: str,
+    scale: float = 1.0,
+    from_zero: bool = False,
 ) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    drawn = False
+    drawn, peak = False, 0.0
     for key, label in keys:
         x, y = _series(records, key)
         if x:
+            peak = max(peak, max(y) * scale)
             ax.plot(x, [v * scale for v in y], marker="o" if len(x) < 30 else None, ms=3, label=label)
             drawn = True
     ax.set_title(title)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    if from_zero:
+        ax.set_ylim(0, peak * 1.15 or 1.0)  # headroom above flat lines (bytes, clients)
     if drawn:
         ax.legend()
     else:
@@ -119,12 +128,14 @@ def render(run_dir: str | Path) -> Path:
             "Bytes on the wire per round",
             "MB",
             1e-6,
+            from_zero=True,
         ),
         _plot(
             records,
             [("clients_completed", "completed"), ("clients_failed", "failed")],
             "Clients per round",
             "clients",
+            from_zero=True,
         ),
     ]
     title = f"shoal run {html.escape(run_dir.name)}"

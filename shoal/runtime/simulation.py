@@ -47,6 +47,10 @@ def initial_params(model: ModelFactory, seed: int) -> tuple[np.ndarray, ParamSpe
         return from_module(model())
 
 
+def _rejected(result: TrainResult, reason: str) -> Failure:
+    return Failure(result.round, result.client_id, FailureKind.REJECTED, reason)
+
+
 class Simulation:
     """One federated run; :func:`simulate` is the short way to make and run one."""
 
@@ -119,48 +123,35 @@ class Simulation:
         outcomes: Sequence[TrainResult | Failure],
         ctx: RoundContext,
     ) -> tuple[list[TrainResult], list[Failure]]:
-        """Keep results that answer a task of this round; reject the rest as failures."""
+        """Keep results that answer a task of this round and decode to a usable delta."""
         expected = {t.client_id for t in tasks}
         results: list[TrainResult] = []
         failures = [o for o in outcomes if isinstance(o, Failure)]
         for o in outcomes:
-            if not isinstance(o, TrainResult):
-                continue
-            if o.round != ctx.round or o.client_id not in expected:
-                failures.append(
-                    Failure(
-                        ctx.round,
-                        o.client_id,
-                        FailureKind.REJECTED,
-                        "result for no task of this round",
-                    )
-                )
-            else:
-                expected.discard(o.client_id)
-                results.append(o)
+            if isinstance(o, TrainResult):
+                if o.round == ctx.round and o.client_id in expected:
+                    expected.discard(o.client_id)  # a second answer from one client is refused
+                    results.append(o)
+                else:
+                    failures.append(_rejected(o, "result for no task of this round"))
         tctx = TransformContext(ctx.round, self.seed, self.spec.num_params)
-        results, rejected = apply_server(self.transforms, results, tctx)
+        decoded, rejected = apply_server(self.transforms, results, tctx)
         failures += rejected
         valid = []
-        for r in results:
-            delta = r.payload.get("delta")
-            if (
-                delta is None
-                or delta.dtype != np.float32
-                or delta.shape != (self.spec.num_params,)
-                or not np.isfinite(delta).all()
-            ):
-                failures.append(
-                    Failure(
-                        ctx.round,
-                        r.client_id,
-                        FailureKind.REJECTED,
-                        "update is not a finite float32 vector of the model's size",
-                    )
-                )
-            else:
+        for r in decoded:
+            if self._usable(r.payload.get("delta")):
                 valid.append(r)
+            else:
+                failures.append(_rejected(r, "update is not a finite float32 vector of the model's size"))
         return valid, failures
+
+    def _usable(self, delta: np.ndarray | None) -> bool:
+        return (
+            delta is not None
+            and delta.dtype == np.float32
+            and delta.shape == (self.spec.num_params,)
+            and bool(np.isfinite(delta).all())
+        )
 
     def _train(self, ctx: RoundContext, record: Record) -> None:
         try:
