@@ -138,7 +138,8 @@ class RunConfig:
     # 30 rounds of 10 clients x 5 epochs on the MNIST subset reach ~95% in about a minute.
     rounds: int = 30
     seed: int = 0
-    backend: BackendName = BackendName.INPROCESS
+    backend: BackendName = BackendName.AUTO
+    cohort_size: int = 128  # vectorized backend: clients trained at once (memory ~ K x model)
     transforms: tuple[TransformName, ...] = ()
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,8 +150,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        _at_least("rounds", self.rounds, 1)
+        _at_least("cohort_size", self.cohort_size, 1)
 
 
 def _hints(cls: type) -> dict[str, Any]:

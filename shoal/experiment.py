@@ -12,10 +12,12 @@ from shoal.config import DatasetName, RunConfig, TransformName
 from shoal.data.datasets import FederatedDataset, LabeledData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
 from shoal.data.partition import partition
-from shoal.errors import CheckpointError
+from shoal.errors import CheckpointError, ConfigError
 from shoal.models import ModelFactory, ModelName, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.runtime.backend import Backend, BackendName, InProcessBackend
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
+from shoal.runtime.vectorized import VectorizedBackend, cohort_supported, cohorts_pay_off
 from shoal.transforms.base import UpdateTransform
 from shoal.transforms.half_precision import HalfPrecision
 
@@ -58,15 +60,34 @@ def make_transforms(names: Sequence[TransformName]) -> list[UpdateTransform]:
     return [table[n]() for n in names]
 
 
+def make_backend(
+    cfg: RunConfig, model: ModelFactory, data: FederatedDataset, transforms: list[UpdateTransform]
+) -> Backend:
+    name = cfg.backend
+    if name is BackendName.AUTO:
+        per_round = cfg.strategy.build().num_to_select(len(data))
+        pays = cohorts_pay_off(model(), cfg.trainer, per_round)
+        name = BackendName.VECTORIZED if pays else BackendName.INPROCESS
+    if name is BackendName.VECTORIZED:
+        reason = cohort_supported(model(), cfg.trainer)
+        if reason:
+            raise ConfigError(f'backend = "vectorized": {reason}; use backend = "inprocess"')
+        return VectorizedBackend(cfg.trainer, model, data, transforms, cfg.seed, cfg.cohort_size)
+    return InProcessBackend(cfg.trainer, model, data, transforms, cfg.seed)
+
+
 def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
     data = load_data(cfg)
+    model = model_factory(cfg, data)
+    transforms = make_transforms(cfg.transforms)
     return Simulation(
-        model_factory(cfg, data),
+        model,
         data,
         cfg.strategy.build(),
         cfg.trainer,
         seed=cfg.seed,
-        transforms=make_transforms(cfg.transforms),
+        transforms=transforms,
+        backend=make_backend(cfg, model, data, transforms),
         eval_every=cfg.eval.eval_every,
         federated_eval_every=cfg.eval.federated_eval_every,
         federated_eval_clients=cfg.eval.federated_eval_clients,
@@ -80,7 +101,7 @@ def run(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> Hi
     (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
     (out_dir / "metrics.jsonl").write_text("")
     sim = build(cfg, out_dir)
-    return _finish(sim.run(cfg.rounds, callbacks), cfg, out_dir)
+    return _finish(sim, sim.run(cfg.rounds, callbacks), cfg, out_dir)
 
 
 def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callback] = ()) -> History:
@@ -90,10 +111,10 @@ def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callbac
     cfg = cfgmod.load(out_dir / "config.toml")
     sim = build(cfg, out_dir)
     sim.resume()
-    return _finish(sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
+    return _finish(sim, sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
 
 
-def _finish(history: History, cfg: RunConfig, out_dir: Path) -> History:
+def _finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> History:
     summary = {
         "rounds": len(history.records),
         "final_test_accuracy": history.final_accuracy,
@@ -103,6 +124,7 @@ def _finish(history: History, cfg: RunConfig, out_dir: Path) -> History:
         "wall_time": history.records[-1]["elapsed"] if history.records else 0.0,
         "num_params": history.spec.num_params,
         "seed": cfg.seed,
+        "backend": type(sim.backend).__name__,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     history.extra["summary"] = summary

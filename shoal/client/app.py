@@ -53,9 +53,22 @@ def run_train(
     """Train, then apply the client side of each transform in order."""
     try:
         result = app.train(task, data)
+    except Exception as exc:  # a client's bug is the client's failure, not the server's
+        return _failure(task, exc)
+    return finish_train(task, result, transforms, run_seed)
+
+
+def finish_train(
+    task: TrainTask,
+    result: TrainResult,
+    transforms: Sequence[UpdateTransform] = (),
+    run_seed: int = 0,
+) -> TrainResult | Failure:
+    """The client halves of the transforms, on a result however it was trained."""
+    try:
         ctx = TransformContext(round=task.round, run_seed=run_seed, num_params=task.params.shape[0])
         return apply_client(transforms, result, ctx)
-    except Exception as exc:  # a client's bug is the client's failure, not the server's
+    except Exception as exc:
         return _failure(task, exc)
 
 

@@ -92,7 +92,7 @@ def _summary(records: list[Record], summary: dict[str, Any]) -> dict[str, Any]:
         "MB up (clients to server)": sum(r.get("bytes_up", 0) for r in records) / 1e6,
         "wall time (s)": records[-1].get("elapsed", 0.0) if records else 0.0,
     }
-    out.update({k: v for k, v in summary.items() if k in ("model_hash", "num_params", "seed")})
+    out.update({k: v for k, v in summary.items() if k in ("model_hash", "num_params", "seed", "backend")})
     return out
 
 

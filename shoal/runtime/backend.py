@@ -20,7 +20,9 @@ from shoal.transforms.base import UpdateTransform
 
 
 class BackendName(enum.StrEnum):
-    INPROCESS = "inprocess"
+    AUTO = "auto"  # vectorized where it is supported and pays off, else inprocess
+    INPROCESS = "inprocess"  # one client after another: the reference
+    VECTORIZED = "vectorized"  # cohorts of clients at once (torch.func.vmap)
 
 
 @runtime_checkable

@@ -1,0 +1,245 @@
+"""Train a cohort of same-architecture clients at once: ``torch.func.vmap`` over stacked weights.
+
+Each client keeps its own weights, optimizer state and batch order: the cohort's weights
+are one ``[K, D]`` matrix whose rows are the clients' flat vectors, each step gathers one
+minibatch per client from a padded ``[K, N_max, ...]`` copy of their data, and
+``vmap(grad(loss))`` computes all K gradients in batched kernels. The batch orders come
+from the same seeded generators as :class:`~shoal.client.trainer.TorchClient`, so the
+result equals training the clients one by one up to floating-point summation order.
+
+Ragged cohorts are handled by masking: a short last batch is padded with weight-0
+samples, and a client that has finished its steps gets a zero update (its momentum buffer
+untouched) while the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from shoal.client.app import finish_train
+from shoal.client.trainer import OptimizerName, TorchTrainer
+from shoal.data.datasets import ClientData, FederatedDataset
+from shoal.errors import ConfigError
+from shoal.messages import EvalResult, EvalTask, Failure, TrainResult, TrainTask
+from shoal.models import ModelFactory
+from shoal.params import ParamSpec
+from shoal.runtime.backend import InProcessBackend
+from shoal.transforms.base import UpdateTransform
+
+# Layers whose forward is deterministic and free of running state: a cohort of these
+# matches sequential training exactly (dropout would draw different masks; BatchNorm
+# would update shared running statistics).
+_PURE_LAYERS = (
+    nn.Sequential,
+    nn.Linear,
+    nn.Conv2d,
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.GELU,
+)
+
+
+def cohort_supported(module: nn.Module, hparams: TorchTrainer) -> str | None:
+    """None when a cohort can train this model exactly; otherwise the reason it cannot."""
+    if hparams.optimizer is not OptimizerName.SGD:
+        return f"the vectorized path implements SGD only, not {hparams.optimizer.value}"
+    odd = sorted({type(m).__name__ for m in module.modules() if not isinstance(m, _PURE_LAYERS)})
+    if odd:
+        return f"layers {odd} are not known to be stateless and deterministic"
+    return None
+
+
+def cohorts_pay_off(module: nn.Module, hparams: TorchTrainer, clients_per_round: int) -> bool:
+    """The ``backend = "auto"`` rule: vectorize dense models when rounds have many clients.
+
+    Measured on 2 CPU cores (bench/w2_cohorts.py): many small dense clients gain several
+    times; convolutions are already compute-bound per client and gain little.
+    """
+    dense = all(not isinstance(m, nn.Conv2d) for m in module.modules())
+    return cohort_supported(module, hparams) is None and dense and clients_per_round >= 8
+
+
+class CohortTrainer:
+    """Trains up to ``cohort_size`` clients per call on stacked weights."""
+
+    def __init__(self, model: ModelFactory, hparams: TorchTrainer) -> None:
+        self.module = model()
+        reason = cohort_supported(self.module, hparams)
+        if reason:
+            raise ValueError(f"cannot vectorize this model: {reason}")
+        self.hparams = hparams
+        self.spec = ParamSpec.from_module(self.module)
+        self._grad = vmap(grad_and_value(self._loss))
+
+    def _loss(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        # One client's weighted mean loss; weight-0 rows are padding.
+        losses = F.cross_entropy(functional_call(self.module, params, (x,)), y, reduction="none")
+        return (losses * w).sum() / w.sum().clamp_min(1.0)
+
+    def _views(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter [K, *shape] views into the [K, D] weight matrix."""
+        k = weights.shape[0]
+        return {
+            name: weights[:, off : off + size].view(k, *shape)
+            for name, shape, off, size in zip(
+                self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes, strict=True
+            )
+        }
+
+    def _schedule(
+        self, tasks: Sequence[TrainTask], sizes: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Batch indices [S, K, B] and sample weights [S, K, B], in each client's seeded order."""
+        batch = self.hparams.batch_size
+        plans, steps = [], []
+        for task, n in zip(tasks, sizes, strict=True):
+            local_steps, local_epochs = (
+                task.config.get("local_steps", self.hparams.local_steps),
+                task.config.get("local_epochs", self.hparams.local_epochs),
+            )
+            count = int(local_steps) if local_steps else int(local_epochs) * math.ceil(n / batch)
+            order = torch.Generator().manual_seed(task.seed)
+            perm, pos, plan = torch.randperm(n, generator=order), 0, []
+            for _ in range(count):
+                if pos >= n:
+                    perm, pos = torch.randperm(n, generator=order), 0
+                plan.append(perm[pos : pos + batch])
+                pos += batch
+            plans.append(plan)
+            steps.append(count)
+        total = max(steps)
+        idx = torch.zeros(total, len(tasks), batch, dtype=torch.int64)
+        wts = torch.zeros(total, len(tasks), batch)
+        for k, plan in enumerate(plans):
+            for s, chosen in enumerate(plan):
+                idx[s, k, : len(chosen)] = chosen
+                wts[s, k, : len(chosen)] = 1.0
+        return idx, wts, steps
+
+    def train(self, tasks: Sequence[TrainTask], data: Sequence[ClientData]) -> list[TrainResult]:
+        k, hp = len(tasks), self.hparams
+        sizes = [len(d.train) for d in data]
+        n_max = max(sizes)
+        xs = torch.zeros(k, n_max, *data[0].train.x.shape[1:])  # [K, N_max, ...] padded cohort data
+        ys = torch.zeros(k, n_max, dtype=torch.int64)
+        for i, d in enumerate(data):
+            xs[i, : sizes[i]], ys[i, : sizes[i]] = d.train.x, d.train.y
+        start = torch.stack([torch.from_numpy(t.params) for t in tasks])  # [K, D]
+        weights = start.clone()
+        params = self._views(weights)
+        idx, wts, steps = self._schedule(tasks, sizes)
+        lr = torch.tensor([float(t.config.get("lr", hp.lr)) for t in tasks])
+        rows = torch.arange(k)[:, None]
+        momentum: dict[str, torch.Tensor] = {}
+        loss_sum, seen = torch.zeros(k), torch.zeros(k)
+        for s in range(idx.shape[0]):
+            xb, yb, wb = xs[rows, idx[s]], ys[rows, idx[s]], wts[s]  # [K, B, ...], [K, B], [K, B]
+            active = (wb.sum(1) > 0).float()  # [K]
+            grads, losses = self._grad(params, xb, yb, wb)
+            self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
+            counts = wb.sum(1)
+            loss_sum += losses.detach() * counts
+            seen += counts
+        delta = (weights - start).numpy()
+        train_loss = (loss_sum / seen.clamp_min(1)).tolist()
+        return [
+            TrainResult(
+                t.round,
+                t.client_id,
+                sizes[i],
+                {"delta": delta[i].copy()},
+                {"train_loss": train_loss[i], "local_steps": steps[i]},
+            )
+            for i, t in enumerate(tasks)
+        ]
+
+    def _sgd_step(
+        self,
+        params: dict[str, torch.Tensor],
+        grads: dict[str, torch.Tensor],
+        momentum: dict[str, torch.Tensor],
+        step_size: torch.Tensor,
+        active: torch.Tensor,
+        first: bool,
+    ) -> None:
+        """torch.optim.SGD's update, per client: d = g + wd p; b = mu b + d; p -= lr b."""
+        hp = self.hparams
+        with torch.no_grad():
+            for name, p in params.items():
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                d = grads[name]
+                if hp.weight_decay:
+                    d = d.add(p, alpha=hp.weight_decay)
+                if hp.momentum:
+                    if first:
+                        momentum[name] = d.clone()
+                    else:
+                        keep = active.view(shape)
+                        momentum[name] = torch.where(
+                            keep > 0, momentum[name] * hp.momentum + d, momentum[name]
+                        )
+                    d = momentum[name]
+                p.sub_(d * step_size.view(shape))
+
+
+class VectorizedBackend:
+    """A :class:`~shoal.runtime.backend.Backend` that trains clients in cohorts.
+
+    ``cohort_size`` bounds memory: a cohort holds K copies of the weights, K momentum
+    buffers and K clients' data (see the README's "Vectorized cohorts"). If a cohort fails
+    as a whole (say, one client's data has the wrong shape), its clients are retrained one
+    by one so the fault stays with the client that caused it.
+    """
+
+    def __init__(
+        self,
+        trainer: TorchTrainer,
+        model: ModelFactory,
+        data: FederatedDataset,
+        transforms: Sequence[UpdateTransform] = (),
+        run_seed: int = 0,
+        cohort_size: int = 128,
+    ) -> None:
+        if cohort_size < 1:
+            raise ConfigError(f"cohort_size must be >= 1, got {cohort_size}")
+        self._cohort = CohortTrainer(model, trainer)
+        self._sequential = InProcessBackend(trainer, model, data, transforms, run_seed)
+        self._data, self._transforms, self._run_seed = data, list(transforms), run_seed
+        self.cohort_size = cohort_size
+
+    def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
+        out: list[TrainResult | Failure] = []
+        for start in range(0, len(tasks), self.cohort_size):
+            chunk = list(tasks[start : start + self.cohort_size])
+            if any(t.client_id not in self._data.clients for t in chunk):
+                out += self._sequential.train(chunk)
+                continue
+            try:
+                results = self._cohort.train(chunk, [self._data[t.client_id] for t in chunk])
+            except Exception:
+                out += self._sequential.train(chunk)
+                continue
+            out += [
+                finish_train(t, r, self._transforms, self._run_seed)
+                for t, r in zip(chunk, results, strict=True)
+            ]
+        return out
+
+    def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
+        return self._sequential.evaluate(tasks)
+
+    def close(self) -> None:
+        self._sequential.close()

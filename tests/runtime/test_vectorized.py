@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from torch import nn
+
+import shoal
+from shoal.client import TorchTrainer
+from shoal.data import digits, quantity_skew
+from shoal.messages import Failure, TrainTask
+from shoal.models import mlp
+from shoal.runtime import initial_params
+from shoal.runtime.vectorized import CohortTrainer, VectorizedBackend, cohort_supported
+
+
+@pytest.fixture(scope="module")
+def ragged():
+    # log-normal client sizes: cohorts mix 20-sample and 300-sample clients
+    return quantity_skew(digits(), 12, sigma=1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(ragged):
+    return functools.partial(mlp, ragged.input_shape, 10, (32,))
+
+
+@pytest.mark.parametrize(
+    "hp",
+    [
+        TorchTrainer(lr=0.1, local_epochs=2, batch_size=16),
+        TorchTrainer(lr=0.1, momentum=0.9, weight_decay=1e-3, local_epochs=2, batch_size=16),
+        TorchTrainer(lr=0.05, local_steps=7, batch_size=32),
+    ],
+    ids=["sgd", "momentum-wd", "local-steps"],
+)
+def test_cohort_equals_clients_one_by_one(ragged, model, hp):
+    params, _ = initial_params(model, 0)
+    tasks = [TrainTask(1, c, params, seed=100 + i) for i, c in enumerate(ragged.client_ids)]
+    tasks[3] = TrainTask(1, tasks[3].client_id, params, seed=7, config={"local_epochs": 1, "lr": 0.3})
+    app = hp.build(model)
+    one_by_one = [app.train(t, ragged[t.client_id]) for t in tasks]
+    cohort = CohortTrainer(model, hp).train(tasks, [ragged[t.client_id] for t in tasks])
+    for a, b in zip(one_by_one, cohort, strict=True):
+        np.testing.assert_allclose(b.payload["delta"], a.payload["delta"], rtol=1e-5, atol=1e-6)
+        assert a.metrics["local_steps"] == b.metrics["local_steps"]
+        assert abs(a.metrics["train_loss"] - b.metrics["train_loss"]) < 1e-5
+        assert a.num_examples == b.num_examples
+
+
+def test_vectorized_run_matches_sequential_run(ragged, model):
+    hp = TorchTrainer(lr=0.1, local_epochs=2, batch_size=16)
+    seq = shoal.simulate(model, ragged, shoal.FedAvg(clients_per_round=6), hp, rounds=3, seed=2)
+    vec = shoal.simulate(
+        model,
+        ragged,
+        shoal.FedAvg(clients_per_round=6),
+        hp,
+        rounds=3,
+        seed=2,
+        backend=VectorizedBackend(hp, model, ragged, cohort_size=4, run_seed=2),
+    )
+    np.testing.assert_allclose(vec.params, seq.params, rtol=1e-5, atol=1e-6)
+    assert [r["clients_completed"] for r in vec.records] == [6, 6, 6]
+
+
+def test_unsupported_models_and_optimizers_say_why(model):
+    assert cohort_supported(model(), TorchTrainer()) is None
+    assert "SGD only" in (cohort_supported(model(), TorchTrainer(optimizer="adam")) or "")
+    with_dropout = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.5))
+    assert "Dropout" in (cohort_supported(with_dropout, TorchTrainer()) or "")
+    with pytest.raises(ValueError, match="cannot vectorize"):
+        CohortTrainer(lambda: with_dropout, TorchTrainer())
+
+
+def test_a_bad_client_fails_alone(ragged, model):
+    hp = TorchTrainer(lr=0.1, batch_size=16)
+    backend = VectorizedBackend(hp, model, ragged, cohort_size=8)
+    params, _ = initial_params(model, 0)
+    tasks = [TrainTask(1, c, params, seed=i) for i, c in enumerate(ragged.client_ids[:5])]
+    tasks.append(TrainTask(1, "nobody", params, seed=9))
+    tasks.append(TrainTask(1, ragged.client_ids[5], params[:-3], seed=9))  # wrong-size weights
+    out = backend.train(tasks)
+    kinds = [type(o).__name__ for o in out]
+    assert kinds == ["TrainResult"] * 5 + ["Failure", "Failure"]
+    assert isinstance(out[-2], Failure) and "no such client" in out[-2].reason
