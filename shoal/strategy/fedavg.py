@@ -74,7 +74,7 @@ class FedAvg:
                 f"round {ctx.round}: {len(results)} results ({len(failures)} failed), "
                 f"min_clients is {self.min_clients}"
             )
-        deltas = np.stack([r.payload["delta"] for r in results])  # [n, d]
+        deltas = [r.payload["delta"] for r in results]
         weights = np.array([r.num_examples for r in results], dtype=np.float64)
         step = self.aggregator(deltas, weights)
         return params + np.float32(self.server_lr) * step

@@ -46,4 +46,6 @@ def test_inputs_are_untouched_and_bad_weights_refused():
     with pytest.raises(ValueError, match="sum to zero"):
         weighted_mean(u, np.zeros(2))
     with pytest.raises(ValueError, match="zero updates"):
-        weighted_mean(np.zeros((0, 3), np.float32), np.zeros(0))
+        weighted_mean([], np.zeros(0))
+    with pytest.raises(ValueError, match="one length"):
+        weighted_mean([np.ones(2, np.float32), np.ones(3, np.float32)], np.ones(2))
