@@ -140,6 +140,8 @@ class RunConfig:
     seed: int = 0
     backend: BackendName = BackendName.AUTO
     cohort_size: int = 128  # vectorized backend: clients trained at once (memory ~ K x model)
+    ray_address: str | None = None  # backend = "ray": None starts a local Ray; "auto" or "ray://host:10001"
+    ray_workers: int = 2  # backend = "ray": actors, each holding a fixed share of the clients
     transforms: tuple[TransformName, ...] = ()
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,6 +154,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _at_least("rounds", self.rounds, 1)
         _at_least("cohort_size", self.cohort_size, 1)
+        _at_least("ray_workers", self.ray_workers, 1)
 
 
 def _hints(cls: type) -> dict[str, Any]:

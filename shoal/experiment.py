@@ -73,6 +73,18 @@ def make_backend(
         if reason:
             raise ConfigError(f'backend = "vectorized": {reason}; use backend = "inprocess"')
         return VectorizedBackend(cfg.trainer, model, data, transforms, cfg.seed, cfg.cohort_size)
+    if name is BackendName.RAY:
+        from shoal.runtime.ray_backend import RayBackend  # Ray is an optional dependency
+
+        return RayBackend(
+            cfg.trainer,
+            model,
+            data,
+            transforms,
+            cfg.seed,
+            address=cfg.ray_address,
+            num_workers=cfg.ray_workers,
+        )
     return InProcessBackend(cfg.trainer, model, data, transforms, cfg.seed)
 
 

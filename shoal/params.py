@@ -157,8 +157,9 @@ class FlatModule:
                     setattr(sub, attr, view)
 
     def load(self, vector: np.ndarray) -> None:
-        with torch.no_grad():
-            self.flat.copy_(torch.from_numpy(vector))
+        # A numpy copy into the buffer's memory: works for read-only arrays (decoded
+        # messages, Ray's object store), which torch.from_numpy warns about.
+        self.flat.detach().numpy()[:] = vector
 
     def numpy(self) -> np.ndarray:
         """A new float32 copy of the current weights."""

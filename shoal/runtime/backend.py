@@ -23,6 +23,7 @@ class BackendName(enum.StrEnum):
     AUTO = "auto"  # vectorized where it is supported and pays off, else inprocess
     INPROCESS = "inprocess"  # one client after another: the reference
     VECTORIZED = "vectorized"  # cohorts of clients at once (torch.func.vmap)
+    RAY = "ray"  # Ray actors on this machine or a cluster (ray_address)
 
 
 @runtime_checkable
