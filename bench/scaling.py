@@ -13,6 +13,7 @@ largest resident set of the whole process tree (Ray's workers included), sampled
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -66,10 +67,8 @@ def child(per_round: int, backend: str, rounds: int) -> None:
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -80,10 +79,8 @@ def measure(per_round: int, backend: str, rounds: int) -> tuple[float, float]:
 
     def sample() -> None:
         while not done.is_set():
-            try:
+            with contextlib.suppress(psutil.Error):
                 peak[0] = max(peak[0], tree_rss(ps))
-            except psutil.Error:
-                pass
             time.sleep(0.1)
 
     t = threading.Thread(target=sample)
