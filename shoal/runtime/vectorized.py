@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.utils.rnn import pad_sequence
 
 from shoal.client.app import finish_train
 from shoal.client.trainer import OptimizerName, TorchTrainer
@@ -70,8 +71,31 @@ def cohorts_pay_off(module: nn.Module, hparams: TorchTrainer, clients_per_round:
     return cohort_supported(module, hparams) is None and dense and clients_per_round >= 8
 
 
+def dense_plan(module: nn.Module) -> list[bool] | None:
+    """For ``Sequential([Flatten], Linear, [ReLU], ..., Linear)``: each Linear's "ReLU follows"
+    flag, in order; None for any other architecture."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    layers = list(module.children())
+    if layers and isinstance(layers[0], nn.Flatten):
+        layers = layers[1:]
+    plan: list[bool] = []
+    i = 0
+    while i < len(layers):
+        if not isinstance(layers[i], nn.Linear) or layers[i].bias is None:
+            return None
+        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+        plan.append(relu)
+        i += 2 if relu else 1
+    return plan or None
+
+
 class CohortTrainer:
-    """Trains up to ``cohort_size`` clients per call on stacked weights."""
+    """Trains up to ``cohort_size`` clients per call on stacked weights.
+
+    Two paths with one result: a fused one for MLPs under plain SGD (batched matmuls, the
+    update folded into the backward pass), and ``vmap(grad)`` for everything else.
+    """
 
     def __init__(self, model: ModelFactory, hparams: TorchTrainer) -> None:
         self.module = model()
@@ -81,6 +105,8 @@ class CohortTrainer:
         self.hparams = hparams
         self.spec = ParamSpec.from_module(self.module)
         self._grad = vmap(grad_and_value(self._loss))
+        plain_sgd = hparams.momentum == 0 and hparams.weight_decay == 0
+        self._dense = dense_plan(self.module) if plain_sgd else None
 
     def _loss(
         self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
@@ -89,11 +115,12 @@ class CohortTrainer:
         losses = F.cross_entropy(functional_call(self.module, params, (x,)), y, reduction="none")
         return (losses * w).sum() / w.sum().clamp_min(1.0)
 
-    def _views(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-parameter [K, *shape] views into the [K, D] weight matrix."""
-        k = weights.shape[0]
+    def _unstack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[K, D] -> one contiguous [K, *shape] tensor per parameter (batched kernels update
+        contiguous operands in place; strided views into [K, D] would be copied each step)."""
+        k = flat.shape[0]
         return {
-            name: weights[:, off : off + size].view(k, *shape)
+            name: flat[:, off : off + size].reshape(k, *shape).contiguous()
             for name, shape, off, size in zip(
                 self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes, strict=True
             )
@@ -102,32 +129,28 @@ class CohortTrainer:
     def _schedule(
         self, tasks: Sequence[TrainTask], sizes: Sequence[int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Batch indices [S, K, B] and sample weights [S, K, B], in each client's seeded order."""
-        batch = self.hparams.batch_size
+        """Batch indices [S, K, B] and sample weights [S, K, B], in each client's seeded order.
+
+        The same draws as TorchClient.train: one randperm per epoch from the client's
+        generator, cut into batches of B (the last of an epoch may be short)."""
+        batch, hp = self.hparams.batch_size, self.hparams
         plans, steps = [], []
         for task, n in zip(tasks, sizes, strict=True):
-            local_steps, local_epochs = (
-                task.config.get("local_steps", self.hparams.local_steps),
-                task.config.get("local_epochs", self.hparams.local_epochs),
-            )
+            local_steps = task.config.get("local_steps", hp.local_steps)
+            local_epochs = task.config.get("local_epochs", hp.local_epochs)
             count = int(local_steps) if local_steps else int(local_epochs) * math.ceil(n / batch)
             order = torch.Generator().manual_seed(task.seed)
-            perm, pos, plan = torch.randperm(n, generator=order), 0, []
-            for _ in range(count):
-                if pos >= n:
-                    perm, pos = torch.randperm(n, generator=order), 0
-                plan.append(perm[pos : pos + batch])
-                pos += batch
-            plans.append(plan)
+            per_epoch = math.ceil(n / batch)
+            epochs = math.ceil(count / per_epoch)
+            chunks = [c for _ in range(epochs) for c in torch.randperm(n, generator=order).split(batch)]
+            plans.append(pad_sequence(chunks[:count], batch_first=True, padding_value=-1))  # [count, <=B]
             steps.append(count)
         total = max(steps)
-        idx = torch.zeros(total, len(tasks), batch, dtype=torch.int64)
-        wts = torch.zeros(total, len(tasks), batch)
+        idx = torch.full((total, len(tasks), batch), -1, dtype=torch.int64)
         for k, plan in enumerate(plans):
-            for s, chosen in enumerate(plan):
-                idx[s, k, : len(chosen)] = chosen
-                wts[s, k, : len(chosen)] = 1.0
-        return idx, wts, steps
+            idx[: plan.shape[0], k, : plan.shape[1]] = plan
+        valid = idx >= 0
+        return idx.clamp_min(0), valid.float(), steps
 
     def train(self, tasks: Sequence[TrainTask], data: Sequence[ClientData]) -> list[TrainResult]:
         k, hp = len(tasks), self.hparams
@@ -138,33 +161,75 @@ class CohortTrainer:
         for i, d in enumerate(data):
             xs[i, : sizes[i]], ys[i, : sizes[i]] = d.train.x, d.train.y
         start = torch.stack([torch.from_numpy(t.params) for t in tasks])  # [K, D]
-        weights = start.clone()
-        params = self._views(weights)
+        params = self._unstack(start)
         idx, wts, steps = self._schedule(tasks, sizes)
         lr = torch.tensor([float(t.config.get("lr", hp.lr)) for t in tasks])
         rows = torch.arange(k)[:, None]
         momentum: dict[str, torch.Tensor] = {}
         loss_sum, seen = torch.zeros(k), torch.zeros(k)
+        if self._dense is not None:
+            xs = xs.reshape(k, n_max, -1)  # [K, N_max, features]: the MLP's Flatten
         for s in range(idx.shape[0]):
             xb, yb, wb = xs[rows, idx[s]], ys[rows, idx[s]], wts[s]  # [K, B, ...], [K, B], [K, B]
-            active = (wb.sum(1) > 0).float()  # [K]
-            grads, losses = self._grad(params, xb, yb, wb)
-            self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
-            counts = wb.sum(1)
+            counts = wb.sum(1)  # [K]
+            if self._dense is not None:
+                losses = self._dense_step(self._dense, params, xb, yb, wb / counts.clamp_min(1)[:, None], lr)
+            else:
+                active = (counts > 0).float()
+                grads, losses = self._grad(params, xb, yb, wb)
+                self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
             loss_sum += losses.detach() * counts
             seen += counts
-        delta = (weights - start).numpy()
+        delta = (torch.cat([p.reshape(k, -1) for p in params.values()], dim=1) - start).numpy()
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
         return [
             TrainResult(
                 t.round,
                 t.client_id,
                 sizes[i],
-                {"delta": delta[i].copy()},
+                {"delta": delta[i]},  # a row view: one [K, D] block serves the cohort
                 {"train_loss": train_loss[i], "local_steps": steps[i]},
             )
             for i, t in enumerate(tasks)
         ]
+
+    @torch.no_grad()
+    def _dense_step(
+        self,
+        plan: list[bool],
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        scale: torch.Tensor,
+        lr: torch.Tensor,
+    ) -> torch.Tensor:
+        """One SGD step for K MLPs; returns each client's mean loss. Shapes: x [K, B, F],
+        y [K, B], scale [K, B] = sample weight / client batch count (0 for padding)."""
+        names = self.spec.names  # (weight, bias) per Linear, in order
+        weight = [params[names[2 * i]] for i in range(len(plan))]  # [K, out, in]
+        bias = [params[names[2 * i + 1]] for i in range(len(plan))]  # [K, out]
+        inputs, pre = [], []
+        a = x
+        for w, b, relu in zip(weight, bias, plan, strict=True):
+            inputs.append(a)
+            z = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2))  # [K, B, out]
+            pre.append(z)
+            a = z.clamp_min(0) if relu else z
+        logp = torch.log_softmax(a, dim=2)
+        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
+        losses = (nll * scale).sum(1)
+        # d(mean loss)/d(logits) = (softmax - onehot) * scale, times the client's lr: the
+        # lr then rides through every layer's gradient, so updates need no extra pass.
+        dz = logp.exp_()
+        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(nll).unsqueeze(2))
+        dz.mul_((scale * lr[:, None]).unsqueeze(2))
+        for layer in reversed(range(len(weight))):
+            da = torch.bmm(dz, weight[layer]) if layer else None  # [K, B, in], before the update
+            weight[layer].baddbmm_(dz.transpose(1, 2), inputs[layer], alpha=-1.0)  # w -= lr dz^T a
+            bias[layer].sub_(dz.sum(1))
+            if da is not None:
+                dz = da.mul_(pre[layer - 1] > 0) if plan[layer - 1] else da
+        return losses
 
     def _sgd_step(
         self,
@@ -211,7 +276,7 @@ class VectorizedBackend:
         data: FederatedDataset,
         transforms: Sequence[UpdateTransform] = (),
         run_seed: int = 0,
-        cohort_size: int = 128,
+        cohort_size: int = 16,
     ) -> None:
         if cohort_size < 1:
             raise ConfigError(f"cohort_size must be >= 1, got {cohort_size}")
