@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
-from torch.nn.utils.rnn import pad_sequence
 
 from shoal.client.app import finish_train
 from shoal.client.trainer import OptimizerName, TorchTrainer
@@ -120,7 +119,7 @@ class CohortTrainer:
         contiguous operands in place; strided views into [K, D] would be copied each step)."""
         k = flat.shape[0]
         return {
-            name: flat[:, off : off + size].reshape(k, *shape).contiguous()
+            name: flat[:, off : off + size].reshape(k, *shape).clone(memory_format=torch.contiguous_format)
             for name, shape, off, size in zip(
                 self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes, strict=True
             )
@@ -134,16 +133,21 @@ class CohortTrainer:
         The same draws as TorchClient.train: one randperm per epoch from the client's
         generator, cut into batches of B (the last of an epoch may be short)."""
         batch, hp = self.hparams.batch_size, self.hparams
+        lanes = torch.arange(batch)
         plans, steps = [], []
         for task, n in zip(tasks, sizes, strict=True):
             local_steps = task.config.get("local_steps", hp.local_steps)
             local_epochs = task.config.get("local_epochs", hp.local_epochs)
-            count = int(local_steps) if local_steps else int(local_epochs) * math.ceil(n / batch)
-            order = torch.Generator().manual_seed(task.seed)
             per_epoch = math.ceil(n / batch)
-            epochs = math.ceil(count / per_epoch)
-            chunks = [c for _ in range(epochs) for c in torch.randperm(n, generator=order).split(batch)]
-            plans.append(pad_sequence(chunks[:count], batch_first=True, padding_value=-1))  # [count, <=B]
+            count = int(local_steps) if local_steps else int(local_epochs) * per_epoch
+            order = torch.Generator().manual_seed(task.seed)
+            perms = torch.cat(
+                [torch.randperm(n, generator=order) for _ in range(math.ceil(count / per_epoch))]
+            )
+            step = torch.arange(count)
+            within = (step % per_epoch)[:, None] * batch + lanes  # position inside the epoch [count, B]
+            pos = (step // per_epoch)[:, None] * n + within
+            plans.append(torch.where(within < n, perms[pos.clamp(max=len(perms) - 1)], -1))
             steps.append(count)
         total = max(steps)
         idx = torch.full((total, len(tasks), batch), -1, dtype=torch.int64)
@@ -155,22 +159,26 @@ class CohortTrainer:
     def train(self, tasks: Sequence[TrainTask], data: Sequence[ClientData]) -> list[TrainResult]:
         k, hp = len(tasks), self.hparams
         sizes = [len(d.train) for d in data]
-        n_max = max(sizes)
-        xs = torch.zeros(k, n_max, *data[0].train.x.shape[1:])  # [K, N_max, ...] padded cohort data
-        ys = torch.zeros(k, n_max, dtype=torch.int64)
-        for i, d in enumerate(data):
-            xs[i, : sizes[i]], ys[i, : sizes[i]] = d.train.x, d.train.y
-        start = torch.stack([torch.from_numpy(t.params) for t in tasks])  # [K, D]
-        params = self._unstack(start)
+        xs = torch.cat([d.train.x for d in data])  # [sum n, ...]: the cohort's samples, client after client
+        ys = torch.cat([d.train.y for d in data])
+        if self._dense is not None:
+            xs = xs.reshape(len(xs), -1)  # the MLP's Flatten
+        offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)[:, None]  # [K, 1]
+        shared = all(t.params is tasks[0].params for t in tasks)  # FedAvg sends one model to all
+        start = (
+            torch.from_numpy(tasks[0].params)
+            if shared
+            else torch.stack([torch.from_numpy(t.params) for t in tasks])
+        )
+        params = self._unstack(start.expand(k, -1))
         idx, wts, steps = self._schedule(tasks, sizes)
         lr = torch.tensor([float(t.config.get("lr", hp.lr)) for t in tasks])
-        rows = torch.arange(k)[:, None]
         momentum: dict[str, torch.Tensor] = {}
         loss_sum, seen = torch.zeros(k), torch.zeros(k)
-        if self._dense is not None:
-            xs = xs.reshape(k, n_max, -1)  # [K, N_max, features]: the MLP's Flatten
         for s in range(idx.shape[0]):
-            xb, yb, wb = xs[rows, idx[s]], ys[rows, idx[s]], wts[s]  # [K, B, ...], [K, B], [K, B]
+            rows = (idx[s] + offsets).view(-1)  # [K * B] rows of xs
+            xb = xs.index_select(0, rows).view(k, -1, *xs.shape[1:])  # [K, B, ...]
+            yb, wb = ys.index_select(0, rows).view(k, -1), wts[s]  # [K, B], [K, B]
             counts = wb.sum(1)  # [K]
             if self._dense is not None:
                 losses = self._dense_step(self._dense, params, xb, yb, wb / counts.clamp_min(1)[:, None], lr)
