@@ -42,7 +42,7 @@ def child(per_round: int, backend: str, rounds: int) -> None:
     fed = iid(LabeledData(data.name, data.train, None, 10), num_clients=1000, seed=0)
     trainer = shoal.TorchTrainer(lr=0.05, local_epochs=1, batch_size=10)
     if backend == "vectorized":
-        chosen = VectorizedBackend(trainer, mcmahan_2nn, fed, cohort_size=16)
+        chosen = VectorizedBackend(trainer, mcmahan_2nn, fed, cohort_size=32)
     elif backend == "ray":
         import ray
 

@@ -74,7 +74,7 @@ def run_shoal(fed: shoal.data.FederatedDataset, seed: int, vectorized: bool, coh
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cohort-size", type=int, default=16)
+    ap.add_argument("--cohort-size", type=int, default=32)
     args = ap.parse_args()
     data = load()
     fed = iid(LabeledData(data.name, data.train, None, 10), num_clients=CLIENTS, seed=0)

@@ -139,7 +139,7 @@ class RunConfig:
     rounds: int = 30
     seed: int = 0
     backend: BackendName = BackendName.AUTO
-    cohort_size: int = 16  # vectorized backend: clients trained at once; small keeps weights in cache
+    cohort_size: int = 32  # vectorized backend: clients trained at once; small keeps weights in cache
     ray_address: str | None = None  # backend = "ray": None starts a local Ray; "auto" or "ray://host:10001"
     ray_workers: int = 2  # backend = "ray": actors, each holding a fixed share of the clients
     transforms: tuple[TransformName, ...] = ()

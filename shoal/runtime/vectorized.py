@@ -30,6 +30,7 @@ from shoal.messages import EvalResult, EvalTask, Failure, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.params import ParamSpec
 from shoal.runtime.backend import InProcessBackend
+from shoal.runtime.dense_cohort import dense_plan, train_dense
 from shoal.transforms.base import UpdateTransform
 
 # Layers whose forward is deterministic and free of running state: a cohort of these
@@ -68,25 +69,6 @@ def cohorts_pay_off(module: nn.Module, hparams: TorchTrainer, clients_per_round:
     """
     dense = all(not isinstance(m, nn.Conv2d) for m in module.modules())
     return cohort_supported(module, hparams) is None and dense and clients_per_round >= 8
-
-
-def dense_plan(module: nn.Module) -> list[bool] | None:
-    """For ``Sequential([Flatten], Linear, [ReLU], ..., Linear)``: each Linear's "ReLU follows"
-    flag, in order; None for any other architecture."""
-    if not isinstance(module, nn.Sequential):
-        return None
-    layers = list(module.children())
-    if layers and isinstance(layers[0], nn.Flatten):
-        layers = layers[1:]
-    plan: list[bool] = []
-    i = 0
-    while i < len(layers):
-        if not isinstance(layers[i], nn.Linear) or layers[i].bias is None:
-            return None
-        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-        plan.append(relu)
-        i += 2 if relu else 1
-    return plan or None
 
 
 class CohortTrainer:
@@ -174,21 +156,29 @@ class CohortTrainer:
         idx, wts, steps = self._schedule(tasks, sizes)
         lr = torch.tensor([float(t.config.get("lr", hp.lr)) for t in tasks])
         momentum: dict[str, torch.Tensor] = {}
-        loss_sum, seen = torch.zeros(k), torch.zeros(k)
-        for s in range(idx.shape[0]):
-            rows = (idx[s] + offsets).view(-1)  # [K * B] rows of xs
-            xb = xs.index_select(0, rows).view(k, -1, *xs.shape[1:])  # [K, B, ...]
-            yb, wb = ys.index_select(0, rows).view(k, -1), wts[s]  # [K, B], [K, B]
-            counts = wb.sum(1)  # [K]
-            if self._dense is not None:
-                losses = self._dense_step(self._dense, params, xb, yb, wb / counts.clamp_min(1)[:, None], lr)
-            else:
+        if self._dense is not None:
+            names = self.spec.names  # (weight, bias) per Linear, in order
+            loss_sum, seen = train_dense(
+                self._dense,
+                [params[n] for n in names[0::2]],
+                [params[n] for n in names[1::2]],
+                (xs, ys, idx + offsets),
+                wts,
+                lr,
+            )
+        else:
+            loss_sum, seen = torch.zeros(k), torch.zeros(k)
+            for s in range(idx.shape[0]):
+                rows = (idx[s] + offsets).view(-1)  # [K * B] rows of xs
+                xb = xs.index_select(0, rows).view(k, -1, *xs.shape[1:])  # [K, B, ...]
+                yb, wb = ys.index_select(0, rows).view(k, -1), wts[s]  # [K, B], [K, B]
+                counts = wb.sum(1)  # [K]
                 active = (counts > 0).float()
                 grads, losses = self._grad(params, xb, yb, wb)
                 self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
-            loss_sum += losses.detach() * counts
-            seen += counts
-        delta = (torch.cat([p.reshape(k, -1) for p in params.values()], dim=1) - start).numpy()
+                loss_sum += losses.detach() * counts
+                seen += counts
+        delta = torch.cat([p.reshape(k, -1) for p in params.values()], dim=1).sub_(start).numpy()
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
         return [
             TrainResult(
@@ -200,44 +190,6 @@ class CohortTrainer:
             )
             for i, t in enumerate(tasks)
         ]
-
-    @torch.no_grad()
-    def _dense_step(
-        self,
-        plan: list[bool],
-        params: dict[str, torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        scale: torch.Tensor,
-        lr: torch.Tensor,
-    ) -> torch.Tensor:
-        """One SGD step for K MLPs; returns each client's mean loss. Shapes: x [K, B, F],
-        y [K, B], scale [K, B] = sample weight / client batch count (0 for padding)."""
-        names = self.spec.names  # (weight, bias) per Linear, in order
-        weight = [params[names[2 * i]] for i in range(len(plan))]  # [K, out, in]
-        bias = [params[names[2 * i + 1]] for i in range(len(plan))]  # [K, out]
-        inputs, pre = [], []
-        a = x
-        for w, b, relu in zip(weight, bias, plan, strict=True):
-            inputs.append(a)
-            z = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2))  # [K, B, out]
-            pre.append(z)
-            a = z.clamp_min(0) if relu else z
-        logp = torch.log_softmax(a, dim=2)
-        nll = -logp.gather(2, y.unsqueeze(2)).squeeze(2)  # [K, B]
-        losses = (nll * scale).sum(1)
-        # d(mean loss)/d(logits) = (softmax - onehot) * scale, times the client's lr: the
-        # lr then rides through every layer's gradient, so updates need no extra pass.
-        dz = logp.exp_()
-        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(nll).unsqueeze(2))
-        dz.mul_((scale * lr[:, None]).unsqueeze(2))
-        for layer in reversed(range(len(weight))):
-            da = torch.bmm(dz, weight[layer]) if layer else None  # [K, B, in], before the update
-            weight[layer].baddbmm_(dz.transpose(1, 2), inputs[layer], alpha=-1.0)  # w -= lr dz^T a
-            bias[layer].sub_(dz.sum(1))
-            if da is not None:
-                dz = da.mul_(pre[layer - 1] > 0) if plan[layer - 1] else da
-        return losses
 
     def _sgd_step(
         self,
@@ -284,7 +236,7 @@ class VectorizedBackend:
         data: FederatedDataset,
         transforms: Sequence[UpdateTransform] = (),
         run_seed: int = 0,
-        cohort_size: int = 16,
+        cohort_size: int = 32,
     ) -> None:
         if cohort_size < 1:
             raise ConfigError(f"cohort_size must be >= 1, got {cohort_size}")
