@@ -36,7 +36,7 @@ def child(per_round: int, backend: str, rounds: int) -> None:
     from shoal.runtime.vectorized import VectorizedBackend
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from w2_cohorts import load
+    from common import fmnist_or_random as load
 
     data = load()
     fed = iid(LabeledData(data.name, data.train, None, 10), num_clients=1000, seed=0)

@@ -20,42 +20,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
+from common import fmnist_or_random, plain_loop
 
 import shoal
-from shoal.data import ArrayDataset, LabeledData, fashion_mnist, fashion_mnist_available, iid
+from shoal.data import LabeledData, iid
 from shoal.models import mcmahan_cnn
 
 ROUNDS, CLIENTS, PER_ROUND, SAMPLES, BATCH, LR = 5, 100, 10, 600, 32, 0.05
 
 
-def load() -> LabeledData:
-    if fashion_mnist_available():
-        return fashion_mnist()
-    print("note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); using random images")
-    g = torch.Generator().manual_seed(0)
-    train = ArrayDataset(
-        torch.rand(60000, 1, 28, 28, generator=g), torch.randint(0, 10, (60000,), generator=g)
-    )
-    return LabeledData("random", train, None, 10)
-
-
 def floor(data: LabeledData, seed: int) -> float:
-    """The same sample-steps in one plain loop: the cost of the training itself."""
-    torch.manual_seed(seed)
-    model = mcmahan_cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    x, y = data.train.x, data.train.y
-    g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for block in range(ROUNDS * PER_ROUND):
-        base = torch.randperm(SAMPLES, generator=g) + block * SAMPLES
-        for s in range(0, SAMPLES, BATCH):
-            idx = base[s : s + BATCH]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return time.perf_counter() - start
+    return plain_loop(mcmahan_cnn, data, ROUNDS * PER_ROUND, SAMPLES, BATCH, LR, seed)
 
 
 def run_shoal(fed: shoal.data.FederatedDataset, seed: int) -> float:
@@ -76,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="floor/shoal pairs to run (default 3)")
     args = ap.parse_args()
-    data = load()
+    data = fmnist_or_random()
     fed = iid(LabeledData(data.name, data.train, None, 10), num_clients=CLIENTS, seed=0)
     print(
         f"W1: {CLIENTS} clients x {SAMPLES}, {PER_ROUND}/round, E=1, B={BATCH}, {ROUNDS} rounds, "

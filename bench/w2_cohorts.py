@@ -18,40 +18,18 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
+from common import fmnist_or_random, plain_loop
 
 import shoal
-from shoal.data import ArrayDataset, LabeledData, fashion_mnist, fashion_mnist_available, iid
+from shoal.data import LabeledData, iid
 from shoal.models import mcmahan_2nn
 from shoal.runtime.vectorized import VectorizedBackend
 
 ROUNDS, CLIENTS, PER_ROUND, SAMPLES, BATCH, LR = 5, 1000, 100, 60, 10, 0.05
 
 
-def load() -> LabeledData:
-    if fashion_mnist_available():
-        return fashion_mnist()
-    print("note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); using random images")
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(60000, 1, 28, 28, generator=g)
-    return LabeledData("random", ArrayDataset(x, torch.randint(0, 10, (60000,), generator=g)), None, 10)
-
-
 def floor(data: LabeledData, seed: int) -> float:
-    torch.manual_seed(seed)
-    model = mcmahan_2nn()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    x, y = data.train.x, data.train.y
-    g = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for block in range(ROUNDS * PER_ROUND):
-        base = torch.randperm(SAMPLES, generator=g) + block * SAMPLES
-        for s in range(0, SAMPLES, BATCH):
-            idx = base[s : s + BATCH]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return time.perf_counter() - start
+    return plain_loop(mcmahan_2nn, data, ROUNDS * PER_ROUND, SAMPLES, BATCH, LR, seed)
 
 
 def run_shoal(fed: shoal.data.FederatedDataset, seed: int, vectorized: bool, cohort: int) -> float:
@@ -76,7 +54,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cohort-size", type=int, default=32)
     args = ap.parse_args()
-    data = load()
+    data = fmnist_or_random()
     fed = iid(LabeledData(data.name, data.train, None, 10), num_clients=CLIENTS, seed=0)
     print(
         f"W2: {CLIENTS} clients x {SAMPLES}, {PER_ROUND}/round, E=1, B={BATCH}, {ROUNDS} rounds, "

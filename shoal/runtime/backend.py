@@ -35,6 +35,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def unknown_client(task: TrainTask | EvalTask) -> Failure:
+    """What every backend answers for a task whose client is not in its dataset."""
+    return Failure(task.round, task.client_id, FailureKind.ERROR, "no such client in the dataset")
+
+
 class InProcessBackend:
     """Sequential, deterministic: one client app, reused for every client in turn."""
 
@@ -51,14 +56,11 @@ class InProcessBackend:
         self._transforms = list(transforms)
         self._run_seed = run_seed
 
-    def _unknown(self, task: TrainTask | EvalTask) -> Failure:
-        return Failure(task.round, task.client_id, FailureKind.ERROR, "no such client in the dataset")
-
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
         return [
             run_train(self._app, t, self._data[t.client_id], self._transforms, self._run_seed)
             if t.client_id in self._data.clients
-            else self._unknown(t)
+            else unknown_client(t)
             for t in tasks
         ]
 
@@ -66,7 +68,7 @@ class InProcessBackend:
         return [
             run_evaluate(self._app, t, self._data[t.client_id])
             if t.client_id in self._data.clients
-            else self._unknown(t)
+            else unknown_client(t)
             for t in tasks
         ]
 

@@ -31,6 +31,7 @@ from shoal.messages import (
     encode,
 )
 from shoal.models import ModelFactory
+from shoal.runtime.backend import unknown_client
 from shoal.transforms.base import UpdateTransform
 
 Job = tuple[int, bytes]  # (index into the round's weight arrays, encoded task without weights)
@@ -117,7 +118,7 @@ class RayBackend:
         ]
 
     def _run(self, tasks: Sequence[TrainTask | EvalTask]) -> list[Any]:
-        out: list[Any] = [_unknown(t) for t in tasks]
+        out: list[Any] = [unknown_client(t) for t in tasks]
         weights: dict[int, int] = {}  # id(params) -> index: the same array is put once
         refs: list[Any] = []
         plan: dict[int, list[tuple[int, Job]]] = {}
@@ -163,10 +164,6 @@ class RayBackend:
         for w in self._workers:
             self._ray.kill(w)
         self._workers = []
-
-
-def _unknown(task: TrainTask | EvalTask) -> Failure:
-    return Failure(task.round, task.client_id, FailureKind.ERROR, "no such client in the dataset")
 
 
 def _decode(raw: bytes, task: TrainTask | EvalTask) -> TrainResult | EvalResult | Failure:
