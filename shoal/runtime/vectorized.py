@@ -155,7 +155,6 @@ class CohortTrainer:
         params = self._unstack(start.expand(k, -1))
         idx, wts, steps = self._schedule(tasks, sizes)
         lr = torch.tensor([float(t.config.get("lr", hp.lr)) for t in tasks])
-        momentum: dict[str, torch.Tensor] = {}
         if self._dense is not None:
             names = self.spec.names  # (weight, bias) per Linear, in order
             loss_sum, seen = train_dense(
@@ -167,17 +166,7 @@ class CohortTrainer:
                 lr,
             )
         else:
-            loss_sum, seen = torch.zeros(k), torch.zeros(k)
-            for s in range(idx.shape[0]):
-                rows = (idx[s] + offsets).view(-1)  # [K * B] rows of xs
-                xb = xs.index_select(0, rows).view(k, -1, *xs.shape[1:])  # [K, B, ...]
-                yb, wb = ys.index_select(0, rows).view(k, -1), wts[s]  # [K, B], [K, B]
-                counts = wb.sum(1)  # [K]
-                active = (counts > 0).float()
-                grads, losses = self._grad(params, xb, yb, wb)
-                self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
-                loss_sum += losses.detach() * counts
-                seen += counts
+            loss_sum, seen = self._train_vmap(params, (xs, ys, idx + offsets), wts, lr)
         delta = torch.cat([p.reshape(k, -1) for p in params.values()], dim=1).sub_(start).numpy()
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
         return [
@@ -190,6 +179,30 @@ class CohortTrainer:
             )
             for i, t in enumerate(tasks)
         ]
+
+    def _train_vmap(
+        self,
+        params: dict[str, torch.Tensor],
+        batches: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        sample_weights: torch.Tensor,
+        lr: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every step of a cohort through ``vmap(grad)``; the arguments as in ``train_dense``."""
+        xs, ys, rows = batches
+        k = rows.shape[1]
+        momentum: dict[str, torch.Tensor] = {}
+        loss_sum, seen = torch.zeros(k), torch.zeros(k)
+        for s in range(rows.shape[0]):
+            flat = rows[s].reshape(-1)  # [K * B] rows of xs
+            xb = xs.index_select(0, flat).view(k, -1, *xs.shape[1:])  # [K, B, ...]
+            yb, wb = ys.index_select(0, flat).view(k, -1), sample_weights[s]  # [K, B], [K, B]
+            counts = wb.sum(1)  # [K]
+            active = (counts > 0).float()
+            grads, losses = self._grad(params, xb, yb, wb)
+            self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
+            loss_sum += losses.detach() * counts
+            seen += counts
+        return loss_sum, seen
 
     def _sgd_step(
         self,
