@@ -4,15 +4,17 @@ Signature: ``(updates: n vectors [d] float32, weights [n] >= 0) -> [d] float32``
 array. Updates come as a sequence rather than a stacked matrix: the mean streams over them
 without copying n x d floats (80 MB a round for 100 clients of the 2NN); aggregators that
 need the matrix (median, Krum) stack it themselves.
-Accumulation is in float64 in a fixed order, so results do not depend on BLAS threading
-and the same inputs always give the same bits.
+Accumulation is in float64 in a fixed order, elementwise, so results do not depend on
+threading and the same inputs always give the same bits.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 Aggregator = Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]
 
@@ -35,10 +37,14 @@ def weighted_mean(updates: Sequence[np.ndarray], weights: np.ndarray) -> np.ndar
     total = float(weights.sum())
     if total <= 0:
         raise ValueError("weights sum to zero: no client reported any examples")
-    acc = np.zeros(updates[0].shape[0], dtype=np.float64)
-    for u, w in zip(updates, weights, strict=True):
-        acc += u * np.float64(w)  # a numpy float64 scalar: the product is float64 (NEP 50)
-    return (acc / total).astype(np.float32)
+    # torch's in-place multiply-add runs in one pass on all cores (numpy's needs a float64
+    # temporary per update); elementwise, so the bits do not depend on the thread count.
+    acc = torch.zeros(updates[0].shape[0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only inputs: only read here
+        for u, w in zip(updates, weights, strict=True):
+            acc.add_(torch.from_numpy(np.asarray(u)), alpha=float(w))
+    return (acc / total).to(torch.float32).numpy()
 
 
 def mean(updates: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
