@@ -38,6 +38,7 @@ from shoal.errors import ConfigError
 from shoal.models import ModelName
 from shoal.runtime.backend import BackendName
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
 
 
 class DatasetName(enum.StrEnum):
@@ -48,7 +49,11 @@ class DatasetName(enum.StrEnum):
 
 
 class StrategyName(enum.StrEnum):
-    FEDAVG = "fedavg"
+    FEDAVG = "fedavg"  # McMahan et al. 2017
+    FEDAVGM = "fedavgm"  # server momentum (Hsu et al. 2019)
+    FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
 
 
 class TransformName(enum.StrEnum):
@@ -107,17 +112,32 @@ class StrategyConfig:
     clients_per_round: int = 10
     fraction: float | None = None  # C: when set, overrides clients_per_round
     min_clients: int = 1  # fewer results abandon the round, leaving the model unchanged
-    server_lr: float = 1.0
+    server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm, 0.01 for the adaptive ones
+    server_momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam/fedyogi/fedadagrad: first-moment decay
+    beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
+    tau: float = 1e-3  # fedadam/fedyogi/fedadagrad: adaptivity floor
 
     def __post_init__(self) -> None:
-        self.build()  # the strategy's constructor checks every value
+        self.build()  # the constructors check every value
 
     def build(self) -> FedAvg:
         return FedAvg(
             clients_per_round=self.clients_per_round,
             fraction=self.fraction,
             min_clients=self.min_clients,
-            server_lr=self.server_lr,
+            server_optimizer=self._server_optimizer(),
+        )
+
+    def _server_optimizer(self) -> ServerOptimizer:
+        adaptive = self.name not in (StrategyName.FEDAVG, StrategyName.FEDAVGM)
+        lr = self.server_lr if self.server_lr is not None else (0.01 if adaptive else 1.0)
+        if self.name is StrategyName.FEDAVG:
+            return ServerSGD(lr)
+        if self.name is StrategyName.FEDAVGM:
+            return ServerMomentum(lr, self.server_momentum)
+        return Adaptive(
+            AdaptiveRule(self.name.value.removeprefix("fed")), lr, self.beta1, self.beta2, self.tau
         )
 
 

@@ -3,5 +3,24 @@
 from shoal.strategy.aggregators import Aggregator, mean, weighted_mean
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.server_opt import (
+    Adaptive,
+    AdaptiveRule,
+    ServerMomentum,
+    ServerOptimizer,
+    ServerSGD,
+)
 
-__all__ = ["Aggregator", "FedAvg", "RoundContext", "Strategy", "mean", "weighted_mean"]
+__all__ = [
+    "Adaptive",
+    "AdaptiveRule",
+    "Aggregator",
+    "FedAvg",
+    "RoundContext",
+    "ServerMomentum",
+    "ServerOptimizer",
+    "ServerSGD",
+    "Strategy",
+    "mean",
+    "weighted_mean",
+]

@@ -1,9 +1,10 @@
-"""Federated Averaging (McMahan et al. 2017, Algorithm 1), with a server learning rate.
+"""Federated Averaging (McMahan et al. 2017, Algorithm 1) and its server-optimizer family.
 
 Each round: sample ``m = max(round(C * K), 1)`` of the ``K`` available clients (or a fixed
-``clients_per_round``), send them the model, and set ``w <- w + server_lr * agg(deltas)``
-with the aggregator weighting clients by their example counts. ``server_lr = 1`` is the
-paper's rule. Rounds with fewer than ``min_clients`` results are aborted.
+``clients_per_round``), send them the model, aggregate their deltas (weighted by example
+counts), and hand the aggregate to the server optimizer. ``ServerSGD(1.0)`` is the paper's
+rule; ``ServerMomentum`` gives FedAvgM and ``Adaptive`` gives FedAdagrad, FedAdam and
+FedYogi (``server_opt.py``). Rounds with fewer than ``min_clients`` results are aborted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shoal.errors import ConfigError, RoundAbortedError
 from shoal.messages import Failure, Scalar, TrainResult, TrainTask
 from shoal.strategy.aggregators import Aggregator, weighted_mean
 from shoal.strategy.base import RoundContext
+from shoal.strategy.server_opt import ServerOptimizer, ServerSGD
 
 
 @dataclass
@@ -25,7 +27,7 @@ class FedAvg:
     clients_per_round: int | None = 10
     fraction: float | None = None  # C in the paper; used instead of clients_per_round when set
     min_clients: int = 1  # fewer results than this and the round is abandoned
-    server_lr: float = 1.0
+    server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
     aggregator: Aggregator = weighted_mean
     client_config: Mapping[str, Scalar] = field(default_factory=dict)  # sent with every task
 
@@ -37,8 +39,6 @@ class FedAvg:
             raise ConfigError(f"strategy.clients_per_round must be >= 1, got {self.clients_per_round}")
         if self.min_clients < 1:
             raise ConfigError(f"strategy.min_clients must be >= 1, got {self.min_clients}")
-        if not self.server_lr > 0:
-            raise ConfigError(f"strategy.server_lr must be > 0, got {self.server_lr}")
 
     def num_to_select(self, available: int) -> int:
         wanted = (
@@ -76,11 +76,10 @@ class FedAvg:
             )
         deltas = [r.payload["delta"] for r in results]
         weights = np.array([r.num_examples for r in results], dtype=np.float64)
-        step = self.aggregator(deltas, weights)
-        return params + np.float32(self.server_lr) * step
+        return self.server_optimizer.step(params, self.aggregator(deltas, weights))
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # FedAvg keeps no state across rounds
+        return {"server_optimizer": self.server_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.server_optimizer.load_state_dict(state.get("server_optimizer", {}))
