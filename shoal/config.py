@@ -46,6 +46,7 @@ class DatasetName(enum.StrEnum):
     FASHION_MNIST = "fashion-mnist"  # Debian package dataset-fashion-mnist
     DIGITS = "digits"  # scikit-learn's 8x8 digits
     CSV = "csv"  # your own table: set path and label_column
+    SYNTHETIC = "synthetic"  # FedProx's synthetic(alpha, beta): natural clients, no partition
 
 
 class StrategyName(enum.StrEnum):
@@ -82,6 +83,9 @@ class DataConfig:
     shards_per_client: int = 2  # partition = "shards": 2 is McMahan et al.'s pathological split
     quantity_sigma: float = 1.0  # partition = "quantity-skew": log-normal spread of client sizes
     holdout_fraction: float = 0.0  # per-client share held out for federated evaluation
+    synthetic_alpha: float = 0.0  # dataset = "synthetic": how much the devices' models differ
+    synthetic_beta: float = 0.0  # dataset = "synthetic": how much the devices' inputs differ
+    synthetic_iid: bool = False  # dataset = "synthetic": one shared model and input law
 
     def __post_init__(self) -> None:
         _at_least("data.num_clients", self.num_clients, 1)
@@ -90,6 +94,8 @@ class DataConfig:
         _in_unit("data.holdout_fraction", self.holdout_fraction)
         if not self.dirichlet_alpha > 0:
             raise ConfigError(f"data.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        if self.synthetic_alpha < 0 or self.synthetic_beta < 0:
+            raise ConfigError("data.synthetic_alpha and data.synthetic_beta must be >= 0")
         if self.quantity_sigma < 0:
             raise ConfigError(f"data.quantity_sigma must be >= 0, got {self.quantity_sigma}")
         if self.dataset is DatasetName.CSV and not self.path:

@@ -12,6 +12,7 @@ from shoal.config import DatasetName, RunConfig, TransformName
 from shoal.data.datasets import FederatedDataset, LabeledData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
 from shoal.data.partition import partition
+from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError
 from shoal.models import ModelFactory, ModelName, mcmahan_2nn, mcmahan_cnn, mlp
 from shoal.runtime.backend import Backend, BackendName, InProcessBackend
@@ -24,6 +25,8 @@ from shoal.transforms.half_precision import HalfPrecision
 
 def load_data(cfg: RunConfig) -> FederatedDataset:
     d = cfg.data
+    if d.dataset is DatasetName.SYNTHETIC:  # natural clients: the partition keys do not apply
+        return synthetic(d.synthetic_alpha, d.synthetic_beta, d.num_clients, cfg.seed, d.synthetic_iid)
     central: LabeledData
     if d.dataset is DatasetName.FASHION_MNIST:
         central = fashion_mnist(d.path)

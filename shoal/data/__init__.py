@@ -22,6 +22,7 @@ from shoal.data.partition import (
     shard_indices,
     shards,
 )
+from shoal.data.synthetic import synthetic
 
 __all__ = [
     "ArrayDataset",
@@ -45,4 +46,5 @@ __all__ = [
     "quantity_skew_indices",
     "shard_indices",
     "shards",
+    "synthetic",
 ]
