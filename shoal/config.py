@@ -52,6 +52,7 @@ class DatasetName(enum.StrEnum):
 class StrategyName(enum.StrEnum):
     FEDAVG = "fedavg"  # McMahan et al. 2017
     FEDAVGM = "fedavgm"  # server momentum (Hsu et al. 2019)
+    FEDPROX = "fedprox"  # proximal local objective (Li et al. 2020)
     FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
@@ -88,6 +89,8 @@ class DataConfig:
     synthetic_iid: bool = False  # dataset = "synthetic": one shared model and input law
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", DatasetName(self.dataset))  # plain strings work too
+        object.__setattr__(self, "partition", Partition(self.partition))
         _at_least("data.num_clients", self.num_clients, 1)
         _at_least("data.shards_per_client", self.shards_per_client, 1)
         _in_unit("data.test_fraction", self.test_fraction)
@@ -108,6 +111,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (64,)  # mlp only: hidden layer widths
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", ModelName(self.name))  # a plain string works too
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"model.hidden widths must be >= 1, got {list(self.hidden)}")
 
@@ -120,25 +124,31 @@ class StrategyConfig:
     min_clients: int = 1  # fewer results abandon the round, leaving the model unchanged
     server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm, 0.01 for the adaptive ones
     server_momentum: float = 0.9  # fedavgm
+    proximal_mu: float = 0.01  # fedprox: weight of mu/2 ||w - w_global||^2 in the local loss
     beta1: float = 0.9  # fedadam/fedyogi/fedadagrad: first-moment decay
     beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
     tau: float = 1e-3  # fedadam/fedyogi/fedadagrad: adaptivity floor
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", StrategyName(self.name))  # a plain string works too
         self.build()  # the constructors check every value
 
     def build(self) -> FedAvg:
+        if self.proximal_mu < 0:
+            raise ConfigError(f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
+        prox = {"proximal_mu": self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
         return FedAvg(
             clients_per_round=self.clients_per_round,
             fraction=self.fraction,
             min_clients=self.min_clients,
             server_optimizer=self._server_optimizer(),
+            client_config=prox,
         )
 
     def _server_optimizer(self) -> ServerOptimizer:
-        adaptive = self.name not in (StrategyName.FEDAVG, StrategyName.FEDAVGM)
+        adaptive = self.name not in (StrategyName.FEDAVG, StrategyName.FEDAVGM, StrategyName.FEDPROX)
         lr = self.server_lr if self.server_lr is not None else (0.01 if adaptive else 1.0)
-        if self.name is StrategyName.FEDAVG:
+        if self.name in (StrategyName.FEDAVG, StrategyName.FEDPROX):
             return ServerSGD(lr)
         if self.name is StrategyName.FEDAVGM:
             return ServerMomentum(lr, self.server_momentum)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ def to_module(vector: np.ndarray, spec: ParamSpec, module: nn.Module) -> None:
         raise SpecMismatchError("the module's parameters do not match the spec of this vector")
     with torch.no_grad():
         for t, arr in zip(_float_state(module).values(), unflatten(vector, spec).values(), strict=True):
-            t.copy_(torch.from_numpy(arr))
+            t.copy_(read_only_tensor(arr))
 
 
 class FlatModule:
@@ -164,6 +165,17 @@ class FlatModule:
     def numpy(self) -> np.ndarray:
         """A new float32 copy of the current weights."""
         return self.flat.detach().numpy().copy()
+
+
+def read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, for reading only.
+
+    Decoded messages and Ray's object store hand out read-only arrays; torch.from_numpy
+    warns about those because a write would be undefined. Callers here only read.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 def model_hash(vector: np.ndarray) -> str:

@@ -24,7 +24,7 @@ from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
 from shoal.models import ModelFactory
-from shoal.params import FlatModule
+from shoal.params import FlatModule, read_only_tensor
 
 
 class OptimizerName(enum.StrEnum):
@@ -72,7 +72,7 @@ def _check_positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, got {value}")
 
 
-_OVERRIDABLE = frozenset({"lr", "local_epochs", "local_steps"})
+TASK_OVERRIDES = frozenset({"lr", "local_epochs", "local_steps"})  # task.config keys that replace hparams
 
 
 class TorchClient:
@@ -84,7 +84,7 @@ class TorchClient:
         self.hparams = hparams
 
     def _hparams_for(self, task: TrainTask) -> TorchTrainer:
-        overrides: dict[str, Any] = {k: v for k, v in task.config.items() if k in _OVERRIDABLE}
+        overrides: dict[str, Any] = {k: v for k, v in task.config.items() if k in TASK_OVERRIDES}
         return dataclasses.replace(self.hparams, **overrides) if overrides else self.hparams
 
     def _optimizer(self, hp: TorchTrainer) -> torch.optim.Optimizer:
@@ -104,6 +104,9 @@ class TorchClient:
         torch.default_generator.manual_seed(task.seed)
         order = torch.Generator().manual_seed(task.seed)
         opt = self._optimizer(hp)
+        # FedProx (Li et al. 2020, eq. 2): local objective + mu/2 ||w - w_global||^2.
+        mu = float(task.config.get("proximal_mu", 0.0))
+        anchor = self._views(read_only_tensor(task.params)) if mu else []
         self.module.train()
         loss_sum = torch.zeros(())
         seen = 0
@@ -118,6 +121,8 @@ class TorchClient:
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.module(xb), yb)
             loss.backward()  # type: ignore[no-untyped-call]
+            if mu:
+                self._add_proximal_gradient(mu, anchor)
             opt.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
@@ -129,6 +134,22 @@ class TorchClient:
             payload={"delta": delta},
             metrics={"train_loss": float(loss_sum) / max(seen, 1), "local_steps": steps},
         )
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of a flat vector, in ``self.module.parameters()`` order."""
+        spec = self.flat.spec
+        by_name = {
+            name: flat[off : off + size].view(shape)
+            for name, shape, off, size in zip(spec.names, spec.shapes, spec.offsets, spec.sizes, strict=True)
+        }
+        return [by_name[name] for name, _ in self.module.named_parameters()]
+
+    @torch.no_grad()
+    def _add_proximal_gradient(self, mu: float, anchor: list[torch.Tensor]) -> None:
+        """grad += mu (w - w_global): the gradient of the proximal term."""
+        for p, p0 in zip(self.module.parameters(), anchor, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p - p0, alpha=mu)
 
     def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
         if data.test is None or len(data.test) == 0:

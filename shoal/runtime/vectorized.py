@@ -23,12 +23,12 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from shoal.client.app import finish_train
-from shoal.client.trainer import OptimizerName, TorchTrainer
+from shoal.client.trainer import TASK_OVERRIDES, OptimizerName, TorchTrainer
 from shoal.data.datasets import ClientData, FederatedDataset
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, EvalTask, Failure, TrainResult, TrainTask
 from shoal.models import ModelFactory
-from shoal.params import ParamSpec
+from shoal.params import ParamSpec, read_only_tensor
 from shoal.runtime.backend import InProcessBackend
 from shoal.runtime.dense_cohort import dense_plan, train_dense
 from shoal.transforms.base import UpdateTransform
@@ -140,6 +140,9 @@ class CohortTrainer:
 
     def train(self, tasks: Sequence[TrainTask], data: Sequence[ClientData]) -> list[TrainResult]:
         k, hp = len(tasks), self.hparams
+        hooks = {key for t in tasks for key in t.config} - TASK_OVERRIDES
+        if hooks:  # e.g. FedProx's proximal_mu: client-side terms only TorchClient implements
+            raise ValueError(f"the cohort path does not implement task config {sorted(hooks)}")
         sizes = [len(d.train) for d in data]
         xs = torch.cat([d.train.x for d in data])  # [sum n, ...]: the cohort's samples, client after client
         ys = torch.cat([d.train.y for d in data])
@@ -148,9 +151,9 @@ class CohortTrainer:
         offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)[:, None]  # [K, 1]
         shared = all(t.params is tasks[0].params for t in tasks)  # FedAvg sends one model to all
         start = (
-            torch.from_numpy(tasks[0].params)
+            read_only_tensor(tasks[0].params)
             if shared
-            else torch.stack([torch.from_numpy(t.params) for t in tasks])
+            else torch.stack([read_only_tensor(t.params) for t in tasks])
         )
         params = self._unstack(start.expand(k, -1))
         idx, wts, steps = self._schedule(tasks, sizes)

@@ -10,11 +10,12 @@ threading and the same inputs always give the same bits.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
+from shoal.params import read_only_tensor
 
 Aggregator = Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]
 
@@ -40,10 +41,8 @@ def weighted_mean(updates: Sequence[np.ndarray], weights: np.ndarray) -> np.ndar
     # torch's in-place multiply-add runs in one pass on all cores (numpy's needs a float64
     # temporary per update); elementwise, so the bits do not depend on the thread count.
     acc = torch.zeros(updates[0].shape[0], dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only inputs: only read here
-        for u, w in zip(updates, weights, strict=True):
-            acc.add_(torch.from_numpy(np.asarray(u)), alpha=float(w))
+    for u, w in zip(updates, weights, strict=True):
+        acc.add_(read_only_tensor(np.asarray(u)), alpha=float(w))
     return (acc / total).to(torch.float32).numpy()
 
 
