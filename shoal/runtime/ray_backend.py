@@ -131,6 +131,8 @@ class RayBackend:
             job = (weights[id(t.params)], _strip(t))
             plan.setdefault(_worker_of(t.client_id, len(self._workers)), []).append((pos, job))
         calls = {w: self._workers[w].run.remote(refs, [j for _, j in jobs]) for w, jobs in plan.items()}
+        if not calls:
+            return out
         ready, _ = self._ray.wait(list(calls.values()), num_returns=len(calls), timeout=self._timeout)
         for w, ref in calls.items():
             positions = [pos for pos, _ in plan[w]]
