@@ -53,6 +53,7 @@ class StrategyName(enum.StrEnum):
     FEDAVG = "fedavg"  # McMahan et al. 2017
     FEDAVGM = "fedavgm"  # server momentum (Hsu et al. 2019)
     FEDPROX = "fedprox"  # proximal local objective (Li et al. 2020)
+    FEDNOVA = "fednova"  # normalized averaging of heterogeneous local steps (Wang et al. 2020)
     FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
@@ -143,12 +144,14 @@ class StrategyConfig:
             min_clients=self.min_clients,
             server_optimizer=self._server_optimizer(),
             client_config=prox,
+            normalize_local_steps=self.name is StrategyName.FEDNOVA,
         )
 
     def _server_optimizer(self) -> ServerOptimizer:
-        adaptive = self.name not in (StrategyName.FEDAVG, StrategyName.FEDAVGM, StrategyName.FEDPROX)
+        plain = (StrategyName.FEDAVG, StrategyName.FEDPROX, StrategyName.FEDNOVA)
+        adaptive = self.name not in (*plain, StrategyName.FEDAVGM)
         lr = self.server_lr if self.server_lr is not None else (0.01 if adaptive else 1.0)
-        if self.name in (StrategyName.FEDAVG, StrategyName.FEDPROX):
+        if self.name in plain:
             return ServerSGD(lr)
         if self.name is StrategyName.FEDAVGM:
             return ServerMomentum(lr, self.server_momentum)

@@ -30,6 +30,10 @@ class FedAvg:
     server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
     aggregator: Aggregator = weighted_mean
     client_config: Mapping[str, Scalar] = field(default_factory=dict)  # sent with every task
+    # FedNova (Wang et al. 2020): average the per-step updates Delta_i / tau_i, then rescale
+    # by tau_eff = sum_i p_i tau_i, so clients that ran more local steps do not pull the model
+    # toward their own optimum. Needs each result's "local_steps" metric (plain local SGD).
+    normalize_local_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.fraction is not None:
@@ -69,6 +73,8 @@ class FedAvg:
         results: Sequence[TrainResult],
         failures: Sequence[Failure],
     ) -> np.ndarray:
+        if self.normalize_local_steps:  # a result without a step count cannot be normalized
+            results = [r for r in results if _steps(r) > 0]
         if len(results) < self.min_clients:
             raise RoundAbortedError(
                 f"round {ctx.round}: {len(results)} results ({len(failures)} failed), "
@@ -76,10 +82,20 @@ class FedAvg:
             )
         deltas = [r.payload["delta"] for r in results]
         weights = np.array([r.num_examples for r in results], dtype=np.float64)
-        return self.server_optimizer.step(params, self.aggregator(deltas, weights))
+        if not self.normalize_local_steps:
+            return self.server_optimizer.step(params, self.aggregator(deltas, weights))
+        steps = np.array([_steps(r) for r in results], dtype=np.float64)
+        tau_eff = float(weights @ steps / weights.sum())
+        per_step = [d / np.float32(s) for d, s in zip(deltas, steps, strict=True)]
+        return self.server_optimizer.step(params, np.float32(tau_eff) * self.aggregator(per_step, weights))
 
     def state_dict(self) -> dict[str, Any]:
         return {"server_optimizer": self.server_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.server_optimizer.load_state_dict(state.get("server_optimizer", {}))
+
+
+def _steps(result: TrainResult) -> float:
+    value = result.metrics.get("local_steps", 0)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
