@@ -126,6 +126,8 @@ class StrategyConfig:
     server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm, 0.01 for the adaptive ones
     server_momentum: float = 0.9  # fedavgm
     proximal_mu: float = 0.01  # fedprox: weight of mu/2 ||w - w_global||^2 in the local loss
+    straggler_fraction: float = 0.0  # share of clients that run only 1..local_epochs epochs
+    drop_stragglers: bool = False  # discard stragglers' partial work (FedAvg in Li et al. 2020)
     beta1: float = 0.9  # fedadam/fedyogi/fedadagrad: first-moment decay
     beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
     tau: float = 1e-3  # fedadam/fedyogi/fedadagrad: adaptivity floor
@@ -134,7 +136,8 @@ class StrategyConfig:
         object.__setattr__(self, "name", StrategyName(self.name))  # a plain string works too
         self.build()  # the constructors check every value
 
-    def build(self) -> FedAvg:
+    def build(self, local_epochs: int = 1) -> FedAvg:
+        """The strategy; stragglers draw their epochs from 1..``local_epochs`` (the trainer's)."""
         if self.proximal_mu < 0:
             raise ConfigError(f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
         prox = {"proximal_mu": self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
@@ -145,6 +148,9 @@ class StrategyConfig:
             server_optimizer=self._server_optimizer(),
             client_config=prox,
             normalize_local_steps=self.name is StrategyName.FEDNOVA,
+            straggler_fraction=self.straggler_fraction,
+            straggler_max_epochs=local_epochs,
+            drop_stragglers=self.drop_stragglers,
         )
 
     def _server_optimizer(self) -> ServerOptimizer:

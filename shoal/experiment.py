@@ -68,7 +68,7 @@ def make_backend(
 ) -> Backend:
     name = cfg.backend
     if name is BackendName.AUTO:
-        per_round = cfg.strategy.build().num_to_select(len(data))
+        per_round = cfg.strategy.build(cfg.trainer.local_epochs).num_to_select(len(data))
         pays = cohorts_pay_off(model(), cfg.trainer, per_round)
         name = BackendName.VECTORIZED if pays else BackendName.INPROCESS
     if name is BackendName.VECTORIZED:
@@ -98,7 +98,7 @@ def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
     return Simulation(
         model,
         data,
-        cfg.strategy.build(),
+        cfg.strategy.build(cfg.trainer.local_epochs),
         cfg.trainer,
         seed=cfg.seed,
         transforms=transforms,

@@ -20,6 +20,7 @@ class Stream(enum.IntEnum):
     FEDERATED_EVAL = 3
     TRANSFORM = 4
     PARTITION = 5
+    STRAGGLERS = 6
 
 
 def _tag(text: str) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from shoal.errors import ConfigError, RoundAbortedError
 from shoal.messages import Failure, Scalar, TrainResult, TrainTask
+from shoal.rng import Stream
 from shoal.strategy.aggregators import Aggregator, weighted_mean
 from shoal.strategy.base import RoundContext
 from shoal.strategy.server_opt import ServerOptimizer, ServerSGD
@@ -34,6 +35,13 @@ class FedAvg:
     # by tau_eff = sum_i p_i tau_i, so clients that ran more local steps do not pull the model
     # toward their own optimum. Needs each result's "local_steps" metric (plain local SGD).
     normalize_local_steps: bool = False
+    # System heterogeneity as in Li et al. 2020, Section 5.2: this share of each round's
+    # clients are stragglers that run a uniform random 1..straggler_max_epochs local epochs.
+    # drop_stragglers is FedAvg's rule there (their partial work is discarded); FedProx keeps it.
+    straggler_fraction: float = 0.0
+    straggler_max_epochs: int = 1
+    drop_stragglers: bool = False
+    _stragglers: dict[int, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.fraction is not None:
@@ -41,6 +49,10 @@ class FedAvg:
                 raise ConfigError(f"strategy.fraction must be in (0, 1], got {self.fraction}")
         elif self.clients_per_round is None or self.clients_per_round < 1:
             raise ConfigError(f"strategy.clients_per_round must be >= 1, got {self.clients_per_round}")
+        if not 0.0 <= self.straggler_fraction <= 1.0:
+            raise ConfigError(f"strategy.straggler_fraction must be in [0, 1], got {self.straggler_fraction}")
+        if self.straggler_max_epochs < 1:
+            raise ConfigError(f"strategy.straggler_max_epochs must be >= 1, got {self.straggler_max_epochs}")
         if self.min_clients < 1:
             raise ConfigError(f"strategy.min_clients must be >= 1, got {self.min_clients}")
 
@@ -60,10 +72,25 @@ class FedAvg:
                 f"round {ctx.round}: only {len(available)} clients available, "
                 f"min_clients is {self.min_clients}"
             )
-        chosen = ctx.rng().choice(len(available), size=self.num_to_select(len(available)), replace=False)
+        chosen = [
+            available[i]
+            for i in sorted(
+                ctx.rng().choice(len(available), size=self.num_to_select(len(available)), replace=False)
+            )
+        ]
+        rng = ctx.rng(Stream.STRAGGLERS)
+        slow = rng.random(len(chosen)) < self.straggler_fraction
+        epochs = rng.integers(1, self.straggler_max_epochs + 1, len(chosen))
+        self._stragglers = {ctx.round: frozenset(c for c, s in zip(chosen, slow, strict=True) if s)}
         return [
-            TrainTask(ctx.round, available[i], params, ctx.client_seed(available[i]), self.client_config)
-            for i in sorted(chosen)
+            TrainTask(
+                ctx.round,
+                cid,
+                params,
+                ctx.client_seed(cid),
+                {**self.client_config, "local_epochs": int(e)} if s else self.client_config,
+            )
+            for cid, s, e in zip(chosen, slow, epochs, strict=True)
         ]
 
     def aggregate_train(
@@ -73,6 +100,9 @@ class FedAvg:
         results: Sequence[TrainResult],
         failures: Sequence[Failure],
     ) -> np.ndarray:
+        if self.drop_stragglers:
+            slow = self._stragglers.get(ctx.round, frozenset())
+            results = [r for r in results if r.client_id not in slow]
         if self.normalize_local_steps:  # a result without a step count cannot be normalized
             results = [r for r in results if _steps(r) > 0]
         if len(results) < self.min_clients:

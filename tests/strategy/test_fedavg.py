@@ -65,3 +65,19 @@ def test_server_lr_scales_the_step():
 def test_bad_hyperparameters_fail_in_the_constructor(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         FedAvg(**kwargs)
+
+
+def test_stragglers_get_fewer_epochs_and_can_be_dropped():
+    strategy = FedAvg(
+        clients_per_round=40, straggler_fraction=0.5, straggler_max_epochs=5, drop_stragglers=True
+    )
+    tasks = strategy.configure_train(RoundContext(3, 0), P, IDS)
+    slow = [t for t in tasks if "local_epochs" in t.config]
+    assert 10 < len(slow) < 30 and all(1 <= t.config["local_epochs"] <= 5 for t in slow)
+    again = FedAvg(clients_per_round=40, straggler_fraction=0.5, straggler_max_epochs=5)
+    assert [t.config for t in again.configure_train(RoundContext(3, 0), P, IDS)] == [t.config for t in tasks]
+    slow_ids = {t.client_id for t in slow}
+    results = [result(t.client_id, np.ones(4) if t.client_id in slow_ids else np.zeros(4), 1) for t in tasks]
+    kept = strategy.aggregate_train(RoundContext(3, 0), P, results, [])
+    np.testing.assert_array_equal(kept, np.zeros(4))  # only the non-stragglers' zero updates count
+    assert not np.array_equal(again.aggregate_train(RoundContext(3, 0), P, results, []), np.zeros(4))
