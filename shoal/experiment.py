@@ -64,17 +64,21 @@ def make_transforms(names: Sequence[TransformName]) -> list[UpdateTransform]:
 
 
 def make_backend(
-    cfg: RunConfig, model: ModelFactory, data: FederatedDataset, transforms: list[UpdateTransform]
+    cfg: RunConfig,
+    model: ModelFactory,
+    data: FederatedDataset,
+    transforms: list[UpdateTransform],
+    clients_per_round: int,
 ) -> Backend:
     name = cfg.backend
-    if name is BackendName.AUTO:
-        per_round = cfg.strategy.build(cfg.trainer.local_epochs).num_to_select(len(data))
-        pays = cohorts_pay_off(model(), cfg.trainer, per_round)
-        name = BackendName.VECTORIZED if pays else BackendName.INPROCESS
-    if name is BackendName.VECTORIZED:
-        reason = cohort_supported(model(), cfg.trainer)
-        if reason:
+    if name in (BackendName.AUTO, BackendName.VECTORIZED):
+        probe = model()
+        if name is BackendName.AUTO:
+            pays = cohorts_pay_off(probe, cfg.trainer, clients_per_round)
+            name = BackendName.VECTORIZED if pays else BackendName.INPROCESS
+        elif reason := cohort_supported(probe, cfg.trainer):
             raise ConfigError(f'backend = "vectorized": {reason}; use backend = "inprocess"')
+    if name is BackendName.VECTORIZED:
         return VectorizedBackend(cfg.trainer, model, data, transforms, cfg.seed, cfg.cohort_size)
     if name is BackendName.RAY:
         from shoal.runtime.ray_backend import RayBackend  # Ray is an optional dependency
@@ -95,14 +99,15 @@ def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
     data = load_data(cfg)
     model = model_factory(cfg, data)
     transforms = make_transforms(cfg.transforms)
+    strategy = cfg.strategy.build(cfg.trainer.local_epochs)
     return Simulation(
         model,
         data,
-        cfg.strategy.build(cfg.trainer.local_epochs),
+        strategy,
         cfg.trainer,
         seed=cfg.seed,
         transforms=transforms,
-        backend=make_backend(cfg, model, data, transforms),
+        backend=make_backend(cfg, model, data, transforms, strategy.num_to_select(len(data))),
         eval_every=cfg.eval.eval_every,
         federated_eval_every=cfg.eval.federated_eval_every,
         federated_eval_clients=cfg.eval.federated_eval_clients,

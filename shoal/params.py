@@ -58,6 +58,15 @@ class ParamSpec:
     def num_params(self) -> int:
         return sum(self.sizes)
 
+    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter tensors from ``flat``'s last dimension ([..., D] -> [..., *shape]);
+        views where the layout allows (always for a 1-D vector)."""
+        lead = tuple(flat.shape[:-1])
+        return {
+            name: flat[..., off : off + size].reshape(*lead, *shape)
+            for name, shape, off, size in zip(self.names, self.shapes, self.offsets, self.sizes, strict=True)
+        }
+
     def to_json(self) -> str:
         return json.dumps({"names": list(self.names), "shapes": [list(s) for s in self.shapes]})
 

@@ -12,7 +12,8 @@ from shoal.runtime.vectorized import VectorizedBackend
 def backend_for(**raw):
     cfg = c.from_dict({"data": {"dataset": "digits", "num_clients": 20}, **raw})
     data = load_data(cfg)
-    return make_backend(cfg, model_factory(cfg, data), data, make_transforms(cfg.transforms))
+    per_round = cfg.strategy.build().num_to_select(len(data))
+    return make_backend(cfg, model_factory(cfg, data), data, make_transforms(cfg.transforms), per_round)
 
 
 def test_auto_vectorizes_dense_models_with_many_clients():

@@ -137,11 +137,7 @@ class TorchClient:
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of a flat vector, in ``self.module.parameters()`` order."""
-        spec = self.flat.spec
-        by_name = {
-            name: flat[off : off + size].view(shape)
-            for name, shape, off, size in zip(spec.names, spec.shapes, spec.offsets, spec.sizes, strict=True)
-        }
+        by_name = self.flat.spec.split(flat)
         return [by_name[name] for name, _ in self.module.named_parameters()]
 
     @torch.no_grad()

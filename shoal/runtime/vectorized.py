@@ -99,12 +99,8 @@ class CohortTrainer:
     def _unstack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """[K, D] -> one contiguous [K, *shape] tensor per parameter (batched kernels update
         contiguous operands in place; strided views into [K, D] would be copied each step)."""
-        k = flat.shape[0]
         return {
-            name: flat[:, off : off + size].reshape(k, *shape).clone(memory_format=torch.contiguous_format)
-            for name, shape, off, size in zip(
-                self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes, strict=True
-            )
+            name: t.clone(memory_format=torch.contiguous_format) for name, t in self.spec.split(flat).items()
         }
 
     def _schedule(
