@@ -31,7 +31,7 @@ from shoal.errors import (
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
 from shoal.params import ParamSpec, flatten, from_module, model_hash, to_module, unflatten
 from shoal.runtime import Backend, History, InProcessBackend, Simulation, simulate
-from shoal.strategy import FedAvg, Strategy, weighted_mean
+from shoal.strategy import FedAvg, Scaffold, Strategy, weighted_mean
 from shoal.transforms import HalfPrecision, UpdateTransform
 
 __version__ = "0.1.0"
@@ -52,6 +52,7 @@ __all__ = [
     "InProcessBackend",
     "ParamSpec",
     "RoundAbortedError",
+    "Scaffold",
     "ShoalError",
     "Simulation",
     "SpecMismatchError",

@@ -38,6 +38,7 @@ from shoal.errors import ConfigError
 from shoal.models import ModelName
 from shoal.runtime.backend import BackendName
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
 
 
@@ -54,6 +55,7 @@ class StrategyName(enum.StrEnum):
     FEDAVGM = "fedavgm"  # server momentum (Hsu et al. 2019)
     FEDPROX = "fedprox"  # proximal local objective (Li et al. 2020)
     FEDNOVA = "fednova"  # normalized averaging of heterogeneous local steps (Wang et al. 2020)
+    SCAFFOLD = "scaffold"  # control variates against client drift (Karimireddy et al. 2020)
     FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
@@ -123,7 +125,7 @@ class StrategyConfig:
     clients_per_round: int = 10
     fraction: float | None = None  # C: when set, overrides clients_per_round
     min_clients: int = 1  # fewer results abandon the round, leaving the model unchanged
-    server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm, 0.01 for the adaptive ones
+    server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm/scaffold, 0.01 for the adaptive ones
     server_momentum: float = 0.9  # fedavgm
     proximal_mu: float = 0.01  # fedprox: weight of mu/2 ||w - w_global||^2 in the local loss
     straggler_fraction: float = 0.0  # share of clients that run only 1..local_epochs epochs
@@ -141,7 +143,8 @@ class StrategyConfig:
         if self.proximal_mu < 0:
             raise ConfigError(f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
         prox = {"proximal_mu": self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
-        return FedAvg(
+        kind = Scaffold if self.name is StrategyName.SCAFFOLD else FedAvg
+        return kind(
             clients_per_round=self.clients_per_round,
             fraction=self.fraction,
             min_clients=self.min_clients,
@@ -154,7 +157,7 @@ class StrategyConfig:
         )
 
     def _server_optimizer(self) -> ServerOptimizer:
-        plain = (StrategyName.FEDAVG, StrategyName.FEDPROX, StrategyName.FEDNOVA)
+        plain = (StrategyName.FEDAVG, StrategyName.FEDPROX, StrategyName.FEDNOVA, StrategyName.SCAFFOLD)
         adaptive = self.name not in (*plain, StrategyName.FEDAVGM)
         lr = self.server_lr if self.server_lr is not None else (0.01 if adaptive else 1.0)
         if self.name in plain:

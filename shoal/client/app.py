@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from shoal.client.state import ClientState
 from shoal.data.datasets import ClientData
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
 from shoal.models import ModelFactory
@@ -22,8 +23,11 @@ from shoal.transforms.base import TransformContext, UpdateTransform, apply_clien
 class ClientApp(Protocol):
     """A device's training and evaluation code."""
 
-    def train(self, task: TrainTask, data: ClientData) -> TrainResult:
-        """Train from ``task.params``; put the new-minus-global weights in ``payload["delta"]``."""
+    def train(self, task: TrainTask, data: ClientData, state: ClientState) -> TrainResult:
+        """Train from ``task.params``; put the new-minus-global weights in ``payload["delta"]``.
+
+        ``state`` is what this client kept from earlier rounds ({} at first); change it in
+        place to keep something for the next (see :mod:`shoal.client.state`)."""
         ...
 
     def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
@@ -49,10 +53,14 @@ def run_train(
     data: ClientData,
     transforms: Sequence[UpdateTransform] = (),
     run_seed: int = 0,
+    state: ClientState | None = None,
 ) -> TrainResult | Failure:
-    """Train, then apply the client side of each transform in order."""
+    """Train, then apply the client side of each transform in order.
+
+    ``state`` is a working copy of the client's state that the app may change; the caller
+    keeps it only if a result comes back."""
     try:
-        result = app.train(task, data)
+        result = app.train(task, data, {} if state is None else state)
     except Exception as exc:  # a client's bug is the client's failure, not the server's
         return _failure(task, exc)
     return finish_train(task, result, transforms, run_seed)

@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from shoal.client.app import ClientApp
+from shoal.client.state import ClientState
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.params import FlatModule, read_only_tensor
+from shoal.strategy.scaffold import CONTROL_DELTA, control_correction, update_control
 
 
 class OptimizerName(enum.StrEnum):
@@ -93,8 +95,12 @@ class TorchClient:
             return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
-    def train(self, task: TrainTask, data: ClientData) -> TrainResult:
+    def train(self, task: TrainTask, data: ClientData, state: ClientState) -> TrainResult:
         hp = self._hparams_for(task)
+        # SCAFFOLD (Karimireddy et al. 2020): every step follows g + c - c_i.
+        correction = control_correction(task, state)
+        if correction is not None and hp.optimizer is not OptimizerName.SGD:
+            raise ValueError("SCAFFOLD's control update assumes local SGD; set trainer.optimizer = 'sgd'")
         x, y = data.train.x, data.train.y
         n = len(data.train)
         steps = hp.local_steps or hp.local_epochs * math.ceil(n / hp.batch_size)
@@ -107,6 +113,7 @@ class TorchClient:
         # FedProx (Li et al. 2020, eq. 2): local objective + mu/2 ||w - w_global||^2.
         mu = float(task.config.get("proximal_mu", 0.0))
         anchor = self._views(read_only_tensor(task.params)) if mu else []
+        drift = self._views(torch.from_numpy(correction)) if correction is not None else []
         self.module.train()
         loss_sum = torch.zeros(())
         seen = 0
@@ -121,17 +128,20 @@ class TorchClient:
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.module(xb), yb)
             loss.backward()  # type: ignore[no-untyped-call]
-            if mu:
-                self._add_proximal_gradient(mu, anchor)
+            if mu or drift:
+                self._correct_gradients(mu, anchor, drift)
             opt.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
         delta = self.flat.flat.numpy() - task.params  # a new array; the buffer is reused
+        payload = {"delta": delta}
+        if correction is not None:
+            payload[CONTROL_DELTA] = update_control(task, state, delta, steps, hp.lr)
         return TrainResult(
             round=task.round,
             client_id=task.client_id,
             num_examples=n,
-            payload={"delta": delta},
+            payload=payload,
             metrics={"train_loss": float(loss_sum) / max(seen, 1), "local_steps": steps},
         )
 
@@ -141,11 +151,15 @@ class TorchClient:
         return [by_name[name] for name, _ in self.module.named_parameters()]
 
     @torch.no_grad()
-    def _add_proximal_gradient(self, mu: float, anchor: list[torch.Tensor]) -> None:
-        """grad += mu (w - w_global): the gradient of the proximal term."""
-        for p, p0 in zip(self.module.parameters(), anchor, strict=True):
-            if p.grad is not None:
-                p.grad.add_(p - p0, alpha=mu)
+    def _correct_gradients(self, mu: float, anchor: list[torch.Tensor], drift: list[torch.Tensor]) -> None:
+        """grad += mu (w - w_global) (FedProx's proximal term) and + (c - c_i) (SCAFFOLD)."""
+        for i, p in enumerate(self.module.parameters()):
+            if p.grad is None:
+                continue
+            if mu:
+                p.grad.add_(p - anchor[i], alpha=mu)
+            if drift:
+                p.grad.add_(drift[i])
 
     def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
         if data.test is None or len(data.test) == 0:

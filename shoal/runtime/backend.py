@@ -1,18 +1,21 @@
 """Where client work runs. The round loop talks only to this interface.
 
 A backend receives tasks and returns one outcome per task, in task order: a result or a
-:class:`~shoal.messages.Failure`. It never raises for a client's fault. The in-process
-backend runs clients one after another in this process, deterministically; Ray and
-gRPC backends implement the same three methods.
+:class:`~shoal.messages.Failure`. It never raises for a client's fault. It also keeps the
+clients' own state between rounds (:mod:`shoal.client.state`) where clients live, and
+hands it to checkpoints through ``state_dict``. The in-process backend runs clients one
+after another in this process, deterministically; Ray and gRPC backends implement the
+same methods.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
+from shoal.client.state import ClientStateStore
 from shoal.data.datasets import FederatedDataset
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
 from shoal.models import ModelFactory
@@ -33,6 +36,12 @@ class Backend(Protocol):
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]: ...
 
     def close(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clients' committed states, for checkpoints ({} where devices keep their own)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def unknown_client(task: TrainTask | EvalTask) -> Failure:
@@ -55,14 +64,19 @@ class InProcessBackend:
         self._data = data
         self._transforms = list(transforms)
         self._run_seed = run_seed
+        self.client_states = ClientStateStore()
 
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
-        return [
-            run_train(self._app, t, self._data[t.client_id], self._transforms, self._run_seed)
-            if t.client_id in self._data.clients
-            else unknown_client(t)
-            for t in tasks
-        ]
+        return [self._train_one(t) for t in tasks]
+
+    def _train_one(self, task: TrainTask) -> TrainResult | Failure:
+        if task.client_id not in self._data.clients:
+            return unknown_client(task)
+        state = self.client_states.get(task.client_id)
+        out = run_train(self._app, task, self._data[task.client_id], self._transforms, self._run_seed, state)
+        if isinstance(out, TrainResult):
+            self.client_states.put(task.client_id, state)
+        return out
 
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
         return [
@@ -74,3 +88,9 @@ class InProcessBackend:
 
     def close(self) -> None:
         pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clients": self.client_states.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.client_states.load_state_dict(state.get("clients", {}))

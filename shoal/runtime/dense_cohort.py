@@ -19,6 +19,8 @@ trajectory, up to floating-point summation order.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
@@ -51,16 +53,21 @@ def train_dense(
     sample_weights: torch.Tensor,
     lr: torch.Tensor,
     window_rows: int = 128,
+    extra: Callable[[], Sequence[torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run every step of a cohort in place on ``weight`` [K, out, in] and ``bias`` [K, out].
 
     ``batches`` = (xs [N, F], ys [N], rows [S, K, B]): the cohort's samples and, per step
     and client, which of them form its batch. ``sample_weights`` [S, K, B] is 0 for padding
-    and for clients that have finished. Returns each client's loss sum and sample count.
+    and for clients that have finished. ``extra``, when given, returns a gradient term per
+    parameter (w_1, b_1, w_2, ...) at the current weights, added to every step (FedProx's
+    proximal pull, SCAFFOLD's correction); the window trick needs the first layer's updates
+    to be data terms only, so each window is then one step. Returns each client's loss sum
+    and sample count.
     """
     xs, ys, rows = batches
     steps, k, b = rows.shape
-    span = max(1, window_rows // b)  # steps per window: T x B rows in the first-layer GEMM
+    span = 1 if extra else max(1, window_rows // b)  # steps per window: T x B rows in the first GEMM
     loss_sum, seen = torch.zeros(k), torch.zeros(k)
     for w0 in range(0, steps, span):
         n = min(span, steps - w0)
@@ -71,6 +78,7 @@ def train_dense(
         base = torch.bmm(xw, weight[0].transpose(1, 2))  # [K, nB, H]: X W_0^T for the window
         gram = torch.bmm(xw, xw.transpose(1, 2))  # [K, nB, nB]
         dz1 = torch.zeros_like(base)
+        terms = extra() if extra else None  # at this step's weights, before its update
         for j in range(n):
             rows_j = slice(j * b, (j + 1) * b)
             counts = sw[:, j].sum(1)  # [K]
@@ -83,6 +91,11 @@ def train_dense(
             loss_sum += losses * counts
             seen += counts
         weight[0].baddbmm_(dz1.transpose(1, 2), xw, alpha=-1.0)  # W_0 -= sum_t dZ_t^T X_t
+        if terms is not None:
+            step = lr * (sw[:, 0].sum(1) > 0)  # [K]: 0 for clients already finished
+            layers = [p for pair in zip(weight, bias, strict=True) for p in pair]
+            for p, g in zip(layers, terms, strict=True):
+                p.sub_(g * step.view((-1,) + (1,) * (p.dim() - 1)))
     return loss_sum, seen
 
 

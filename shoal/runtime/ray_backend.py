@@ -4,7 +4,9 @@ Each of ``num_workers`` actors owns a fixed share of the clients (by a hash of t
 id) and receives those clients' data once, when it starts; a round then ships only the
 global weights (once per round, through Ray's object store) and small task headers.
 Results come back encoded with shoal's own wire codec and are decoded and validated
-here, exactly as they would be from a device. A worker that dies or misses the deadline
+here, exactly as they would be from a device. Clients' own state (SCAFFOLD's control
+variates) is kept here, on the driver, and travels with each task and back with its result,
+so a worker that restarts loses nothing and checkpoints hold it all. A worker that dies or misses the deadline
 turns its clients' tasks into :class:`~shoal.messages.Failure`\\s and is restarted.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
+from shoal.client.state import ClientState, ClientStateStore
 from shoal.data.datasets import ClientData, FederatedDataset
 from shoal.errors import ConfigError, WireFormatError
 from shoal.messages import (
@@ -34,7 +37,9 @@ from shoal.models import ModelFactory
 from shoal.runtime.backend import unknown_client
 from shoal.transforms.base import UpdateTransform
 
-Job = tuple[int, bytes]  # (index into the round's weight arrays, encoded task without weights)
+# (index into the round's weight arrays, encoded task without weights, client state or None)
+Job = tuple[int, bytes, ClientState | None]
+Answer = tuple[bytes, ClientState | None]  # the encoded outcome and, for a train result, the new state
 
 
 def _worker_of(client_id: str, num_workers: int) -> int:
@@ -64,20 +69,22 @@ class _Worker:
         self.app: ClientApp = builder.build(model)
         self.clients, self.transforms, self.run_seed = clients, list(transforms), run_seed
 
-    def run(self, weights: list[Any], jobs: list[Job]) -> list[bytes]:
+    def run(self, weights: list[Any], jobs: list[Job]) -> list[Answer]:
         import ray
 
         arrays = ray.get(weights)
-        out = []
-        for index, raw in jobs:
+        out: list[Answer] = []
+        for index, raw, state in jobs:
             task = decode(raw)
             data = self.clients[task.client_id]
             if isinstance(task, TrainTask):
                 task = dataclasses.replace(task, params=arrays[index])
-                out.append(encode(run_train(self.app, task, data, self.transforms, self.run_seed)))
+                working = dict(state or {})
+                result = run_train(self.app, task, data, self.transforms, self.run_seed, working)
+                out.append((encode(result), working if isinstance(result, TrainResult) else None))
             elif isinstance(task, EvalTask):
                 task = dataclasses.replace(task, params=arrays[index])
-                out.append(encode(run_evaluate(self.app, task, data)))
+                out.append((encode(run_evaluate(self.app, task, data)), None))
         return out
 
 
@@ -106,6 +113,7 @@ class RayBackend:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         self._ray, self._timeout, self._data = ray, timeout_s, data
+        self.client_states = ClientStateStore()
         actor = ray.remote(num_cpus=1, max_restarts=-1)(_Worker)
         shares: list[dict[str, ClientData]] = [{} for _ in range(num_workers)]
         for cid, client in data.clients.items():
@@ -128,7 +136,8 @@ class RayBackend:
             if id(t.params) not in weights:
                 weights[id(t.params)] = len(refs)
                 refs.append(self._ray.put(t.params))
-            job = (weights[id(t.params)], _strip(t))
+            state = self.client_states.get(t.client_id) if isinstance(t, TrainTask) else None
+            job = (weights[id(t.params)], _strip(t), state)
             plan.setdefault(_worker_of(t.client_id, len(self._workers)), []).append((pos, job))
         calls = {w: self._workers[w].run.remote(refs, [j for _, j in jobs]) for w, jobs in plan.items()}
         if not calls:
@@ -139,19 +148,21 @@ class RayBackend:
             answers = self._collect(w, ref, ref in ready, len(positions))
             for pos, answer in zip(positions, answers, strict=True):
                 task = tasks[pos]
-                if isinstance(answer, bytes):
-                    out[pos] = _decode(answer, task)
+                if isinstance(answer[0], bytes):
+                    out[pos] = _decode(answer[0], task)
+                    if isinstance(out[pos], TrainResult) and answer[1] is not None:
+                        self.client_states.put(task.client_id, answer[1])
                 else:
                     out[pos] = Failure(task.round, task.client_id, answer[0], answer[1])
         return out
 
-    def _collect(self, w: int, ref: Any, ready: bool, n: int) -> Sequence[bytes | tuple[FailureKind, str]]:
+    def _collect(self, w: int, ref: Any, ready: bool, n: int) -> Sequence[Answer | tuple[FailureKind, str]]:
         """The worker's encoded answers, or one (kind, reason) per task when it failed."""
         if not ready:
             self._ray.cancel(ref)  # force=True is not supported for actor tasks
             return [(FailureKind.TIMEOUT, f"ray worker {w} gave no answer in {self._timeout:.0f} s")] * n
         try:
-            answers: list[bytes] = self._ray.get(ref)
+            answers: list[Answer] = self._ray.get(ref)
             return answers
         except self._ray.exceptions.RayError as exc:
             return [(FailureKind.DROPPED, f"ray worker {w} failed: {type(exc).__name__}")] * n
@@ -166,6 +177,12 @@ class RayBackend:
         for w in self._workers:
             self._ray.kill(w)
         self._workers = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clients": self.client_states.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.client_states.load_state_dict(state.get("clients", {}))
 
 
 def _decode(raw: bytes, task: TrainTask | EvalTask) -> TrainResult | EvalResult | Failure:

@@ -102,6 +102,7 @@ class Simulation:
         self.strategy.load_state_dict(ckpt.state["strategy"])
         for t, s in zip(self.transforms, ckpt.state["transforms"], strict=True):
             t.load_state_dict(s)
+        self.backend.load_state_dict(ckpt.state.get("backend", {}))
         self.records = self.log.truncate(ckpt.round)
 
     def _checkpoint(self) -> None:
@@ -110,6 +111,7 @@ class Simulation:
         state = {
             "strategy": self.strategy.state_dict(),
             "transforms": [t.state_dict() for t in self.transforms],
+            "backend": self.backend.state_dict(),
         }
         save_checkpoint(
             self.out_dir / "checkpoint.safetensors",
@@ -138,11 +140,16 @@ class Simulation:
         decoded, rejected = apply_server(self.transforms, results, tctx)
         failures += rejected
         valid = []
+        # Every vector the strategy reads is checked here, so a strategy sees only sound input.
+        keys: Sequence[str] = getattr(self.strategy, "payload_keys", ("delta",))
         for r in decoded:
-            if self._usable(r.payload.get("delta")):
-                valid.append(r)
+            bad = [k for k in keys if not self._usable(r.payload.get(k))]
+            if bad:
+                failures.append(
+                    _rejected(r, f"{bad[0]!r} is not a finite float32 vector of the model's size")
+                )
             else:
-                failures.append(_rejected(r, "update is not a finite float32 vector of the model's size"))
+                valid.append(r)
         return valid, failures
 
     def _usable(self, delta: np.ndarray | None) -> bool:

@@ -15,14 +15,17 @@ untouched) while the others go on.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from shoal.client.app import finish_train
+from shoal.client.state import ClientState
 from shoal.client.trainer import TASK_OVERRIDES, OptimizerName, TorchTrainer
 from shoal.data.datasets import ClientData, FederatedDataset
 from shoal.errors import ConfigError
@@ -31,6 +34,7 @@ from shoal.models import ModelFactory
 from shoal.params import ParamSpec, read_only_tensor
 from shoal.runtime.backend import InProcessBackend
 from shoal.runtime.dense_cohort import dense_plan, train_dense
+from shoal.strategy.scaffold import CONTROL_DELTA, SERVER_CONTROL, control_correction, update_control
 from shoal.transforms.base import UpdateTransform
 
 # Layers whose forward is deterministic and free of running state: a cohort of these
@@ -69,6 +73,10 @@ def cohorts_pay_off(module: nn.Module, hparams: TorchTrainer, clients_per_round:
     """
     dense = all(not isinstance(m, nn.Conv2d) for m in module.modules())
     return cohort_supported(module, hparams) is None and dense and clients_per_round >= 8
+
+
+_COHORT_CONFIG = TASK_OVERRIDES | {"proximal_mu"}  # task inputs the cohort paths implement
+_COHORT_ARRAYS = frozenset({SERVER_CONTROL})
 
 
 class CohortTrainer:
@@ -134,11 +142,19 @@ class CohortTrainer:
         valid = idx >= 0
         return idx.clamp_min(0), valid.float(), steps
 
-    def train(self, tasks: Sequence[TrainTask], data: Sequence[ClientData]) -> list[TrainResult]:
+    def train(
+        self,
+        tasks: Sequence[TrainTask],
+        data: Sequence[ClientData],
+        states: Sequence[ClientState] | None = None,
+    ) -> list[TrainResult]:
+        """Train the cohort; ``states`` are the clients' working states (changed in place)."""
         k, hp = len(tasks), self.hparams
-        hooks = {key for t in tasks for key in t.config} - TASK_OVERRIDES
-        if hooks:  # e.g. FedProx's proximal_mu: client-side terms only TorchClient implements
-            raise ValueError(f"the cohort path does not implement task config {sorted(hooks)}")
+        states = list(states) if states is not None else [{} for _ in tasks]
+        hooks = {key for t in tasks for key in t.config} - _COHORT_CONFIG
+        hooks |= {key for t in tasks for key in t.arrays} - _COHORT_ARRAYS
+        if hooks:  # client-side terms only TorchClient implements
+            raise ValueError(f"the cohort path does not implement task inputs {sorted(hooks)}")
         sizes = [len(d.train) for d in data]
         xs = torch.cat([d.train.x for d in data])  # [sum n, ...]: the cohort's samples, client after client
         ys = torch.cat([d.train.y for d in data])
@@ -153,7 +169,10 @@ class CohortTrainer:
         )
         params = self._unstack(start.expand(k, -1))
         idx, wts, steps = self._schedule(tasks, sizes)
-        lr = torch.tensor([float(t.config.get("lr", hp.lr)) for t in tasks])
+        lrs = [float(t.config.get("lr", hp.lr)) for t in tasks]
+        lr = torch.tensor(lrs)
+        corrections = [control_correction(t, s) for t, s in zip(tasks, states, strict=True)]
+        extra = self._extra_gradient(tasks, params, start, corrections)
         if self._dense is not None:
             names = self.spec.names  # (weight, bias) per Linear, in order
             loss_sum, seen = train_dense(
@@ -163,21 +182,53 @@ class CohortTrainer:
                 (xs, ys, idx + offsets),
                 wts,
                 lr,
+                extra=(lambda: list(extra().values())) if extra else None,
             )
         else:
-            loss_sum, seen = self._train_vmap(params, (xs, ys, idx + offsets), wts, lr)
+            loss_sum, seen = self._train_vmap(params, (xs, ys, idx + offsets), wts, lr, extra)
         delta = torch.cat([p.reshape(k, -1) for p in params.values()], dim=1).sub_(start).numpy()
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
-        return [
-            TrainResult(
-                t.round,
-                t.client_id,
-                sizes[i],
-                {"delta": delta[i]},  # a row view: one [K, D] block serves the cohort
-                {"train_loss": train_loss[i], "local_steps": steps[i]},
-            )
-            for i, t in enumerate(tasks)
-        ]
+        results = []
+        for i, t in enumerate(tasks):
+            payload = {"delta": delta[i]}  # a row view: one [K, D] block serves the cohort
+            if corrections[i] is not None:
+                payload[CONTROL_DELTA] = update_control(t, states[i], delta[i], steps[i], lrs[i])
+            metrics = {"train_loss": train_loss[i], "local_steps": steps[i]}
+            results.append(TrainResult(t.round, t.client_id, sizes[i], payload, metrics))
+        return results
+
+    def _extra_gradient(
+        self,
+        tasks: Sequence[TrainTask],
+        params: dict[str, torch.Tensor],
+        start: torch.Tensor,
+        corrections: Sequence[np.ndarray | None],
+    ) -> Callable[[], dict[str, torch.Tensor]] | None:
+        """The per-step gradient terms beyond the loss's, as in TorchClient: FedProx's
+        ``mu (w - w_global)`` and SCAFFOLD's ``c - c_i``; None when there are none."""
+        mu = torch.tensor([float(t.config.get("proximal_mu", 0.0)) for t in tasks])
+        prox, scaffold = bool(mu.any()), any(c is not None for c in corrections)
+        if not prox and not scaffold:
+            return None
+        anchor = self.spec.split(start)  # [*shape] when shared, else [K, *shape]
+        zero = np.zeros(self.spec.num_params, np.float32)
+        drift = (
+            self.spec.split(torch.from_numpy(np.stack([zero if c is None else c for c in corrections])))
+            if scaffold
+            else {}
+        )
+
+        def extra() -> dict[str, torch.Tensor]:
+            out = {}
+            for name, p in params.items():
+                if prox:
+                    g = (p - anchor[name]).mul_(mu.view((-1,) + (1,) * (p.dim() - 1)))
+                    out[name] = g.add_(drift[name]) if scaffold else g
+                else:
+                    out[name] = drift[name]
+            return out
+
+        return extra
 
     def _train_vmap(
         self,
@@ -185,6 +236,7 @@ class CohortTrainer:
         batches: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         sample_weights: torch.Tensor,
         lr: torch.Tensor,
+        extra: Callable[[], dict[str, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every step of a cohort through ``vmap(grad)``; the arguments as in ``train_dense``."""
         xs, ys, rows = batches
@@ -198,6 +250,9 @@ class CohortTrainer:
             counts = wb.sum(1)  # [K]
             active = (counts > 0).float()
             grads, losses = self._grad(params, xb, yb, wb)
+            if extra is not None:
+                more = extra()
+                grads = {name: g + more[name] for name, g in grads.items()}
             self._sgd_step(params, grads, momentum, lr * active, active, first=s == 0)
             loss_sum += losses.detach() * counts
             seen += counts
@@ -264,15 +319,18 @@ class VectorizedBackend:
             if any(t.client_id not in self._data.clients for t in chunk):
                 out += self._sequential.train(chunk)
                 continue
+            store = self._sequential.client_states
+            states = [store.get(t.client_id) for t in chunk]
             try:
-                results = self._cohort.train(chunk, [self._data[t.client_id] for t in chunk])
+                results = self._cohort.train(chunk, [self._data[t.client_id] for t in chunk], states)
             except Exception:
                 out += self._sequential.train(chunk)
                 continue
-            out += [
-                finish_train(t, r, self._transforms, self._run_seed)
-                for t, r in zip(chunk, results, strict=True)
-            ]
+            for t, r, state in zip(chunk, results, states, strict=True):
+                done = finish_train(t, r, self._transforms, self._run_seed)
+                if isinstance(done, TrainResult):
+                    store.put(t.client_id, state)
+                out.append(done)
         return out
 
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
@@ -280,3 +338,9 @@ class VectorizedBackend:
 
     def close(self) -> None:
         self._sequential.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._sequential.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sequential.load_state_dict(state)

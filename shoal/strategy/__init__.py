@@ -3,6 +3,7 @@
 from shoal.strategy.aggregators import Aggregator, mean, weighted_mean
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import (
     Adaptive,
     AdaptiveRule,
@@ -17,6 +18,7 @@ __all__ = [
     "Aggregator",
     "FedAvg",
     "RoundContext",
+    "Scaffold",
     "ServerMomentum",
     "ServerOptimizer",
     "ServerSGD",

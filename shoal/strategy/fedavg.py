@@ -89,9 +89,14 @@ class FedAvg:
                 params,
                 ctx.client_seed(cid),
                 {**self.client_config, "local_epochs": int(e)} if s else self.client_config,
+                self.task_arrays(),
             )
             for cid, s, e in zip(chosen, slow, epochs, strict=True)
         ]
+
+    def task_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays sent with every task besides the model (SCAFFOLD's control variate)."""
+        return {}
 
     def aggregate_train(
         self,
@@ -100,6 +105,12 @@ class FedAvg:
         results: Sequence[TrainResult],
         failures: Sequence[Failure],
     ) -> np.ndarray:
+        return self.apply(params, self.accepted(ctx, results, failures))
+
+    def accepted(
+        self, ctx: RoundContext, results: Sequence[TrainResult], failures: Sequence[Failure]
+    ) -> list[TrainResult]:
+        """The results this round aggregates; raises RoundAbortedError when too few remain."""
         if self.drop_stragglers:
             slow = self._stragglers.get(ctx.round, frozenset())
             results = [r for r in results if r.client_id not in slow]
@@ -110,6 +121,10 @@ class FedAvg:
                 f"round {ctx.round}: {len(results)} results ({len(failures)} failed), "
                 f"min_clients is {self.min_clients}"
             )
+        return list(results)
+
+    def apply(self, params: np.ndarray, results: Sequence[TrainResult]) -> np.ndarray:
+        """The server optimizer's step from ``params`` along the results' aggregate."""
         deltas = [r.payload["delta"] for r in results]
         weights = np.array([r.num_examples for r in results], dtype=np.float64)
         if not self.normalize_local_steps:

@@ -24,17 +24,17 @@ def test_steps_follow_epochs_or_local_steps(setup):
     model, data, params = setup
     n = len(data.train)
     app = TorchTrainer(lr=0.1, local_epochs=2, batch_size=10).build(model)
-    assert app.train(task(params), data).metrics["local_steps"] == 2 * -(-n // 10)
+    assert app.train(task(params), data, {}).metrics["local_steps"] == 2 * -(-n // 10)
     app = TorchTrainer(lr=0.1, local_steps=25, batch_size=10).build(model)
-    assert app.train(task(params), data).metrics["local_steps"] == 25  # cycles through epochs
+    assert app.train(task(params), data, {}).metrics["local_steps"] == 25  # cycles through epochs
 
 
 def test_task_config_overrides_hyperparameters(setup):
     model, data, params = setup
     app = TorchTrainer(lr=0.1, local_epochs=5, batch_size=10).build(model)
-    short = app.train(task(params, local_epochs=1), data)
+    short = app.train(task(params, local_epochs=1), data, {})
     assert short.metrics["local_steps"] == -(-len(data.train) // 10)
-    tiny = app.train(task(params, lr=1e-6), data)
+    tiny = app.train(task(params, lr=1e-6), data, {})
     assert np.abs(tiny.payload["delta"]).max() < 1e-4
 
 
@@ -42,10 +42,10 @@ def test_training_is_seeded_and_leaves_the_task_untouched(setup):
     model, data, params = setup
     before = params.copy()
     app = TorchTrainer(lr=0.1, batch_size=8).build(model)
-    a = app.train(task(params), data).payload["delta"]
-    b = TorchTrainer(lr=0.1, batch_size=8).build(model).train(task(params), data).payload["delta"]
+    a = app.train(task(params), data, {}).payload["delta"]
+    b = TorchTrainer(lr=0.1, batch_size=8).build(model).train(task(params), data, {}).payload["delta"]
     assert np.array_equal(a, b) and np.array_equal(params, before)
-    other = app.train(TrainTask(1, "0", params, seed=8), data).payload["delta"]
+    other = app.train(TrainTask(1, "0", params, seed=8), data, {}).payload["delta"]
     assert not np.array_equal(a, other)
 
 
@@ -55,7 +55,7 @@ def test_adam_and_momentum_train(setup):
         TorchTrainer(optimizer="adam", lr=0.01),
         TorchTrainer(momentum=0.9, weight_decay=1e-4),
     ):
-        result = trainer.build(model).train(task(params), data)
+        result = trainer.build(model).train(task(params), data, {})
         assert isinstance(result, TrainResult) and np.abs(result.payload["delta"]).max() > 0
 
 

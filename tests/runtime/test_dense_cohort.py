@@ -44,7 +44,7 @@ def test_fused_dense_path_equals_clients_one_by_one(hidden, batch, epochs):
     before = params.copy()
     tasks = [TrainTask(2, c, params, seed=10 + i) for i, c in enumerate(data.client_ids)]
     app = hp.build(model)
-    expected = [app.train(t, data[t.client_id]) for t in tasks]
+    expected = [app.train(t, data[t.client_id], {}) for t in tasks]
     got = trainer.train(tasks, [data[t.client_id] for t in tasks])
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_allclose(b.payload["delta"], a.payload["delta"], rtol=1e-4, atol=2e-6)

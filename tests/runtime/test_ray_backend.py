@@ -49,17 +49,29 @@ def test_ray_run_equals_the_in_process_run(setup):
     backend.close()  # frees the two CPUs of this local Ray for the next test
 
 
+def test_ray_keeps_client_state_on_the_driver_and_matches_in_process_scaffold(setup):
+    data, model = setup
+    backend = RayBackend(HP, model, data, num_workers=2, run_seed=3)
+    on_ray = shoal.Simulation(model, data, shoal.Scaffold(clients_per_round=6), HP, backend=backend, seed=3)
+    for _ in range(3):
+        on_ray.step(last=3)
+    backend.close()
+    local = shoal.simulate(model, data, shoal.Scaffold(clients_per_round=6), HP, rounds=3, seed=3)
+    assert shoal.model_hash(on_ray.params) == local.model_hash
+    assert len(backend.client_states) > 6  # more clients than one round's hold a control variate
+
+
 class _CrashOnce:
     """Kills its worker process the first time it trains client "3"."""
 
     def __init__(self, inner, marker: str) -> None:
         self.inner, self.marker = inner, marker
 
-    def train(self, task, data):
+    def train(self, task, data, state):
         if task.client_id == "3" and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(1)
-        return self.inner.train(task, data)
+        return self.inner.train(task, data, state)
 
     def evaluate(self, task, data):
         return self.inner.evaluate(task, data)

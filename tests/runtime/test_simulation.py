@@ -80,10 +80,10 @@ class Flaky:
     def __init__(self, inner):
         self.inner = inner
 
-    def train(self, task: TrainTask, data: ClientData) -> TrainResult:
+    def train(self, task: TrainTask, data: ClientData, state: dict) -> TrainResult:
         if task.client_id == "0":
             raise RuntimeError("out of memory on device")
-        result = self.inner.train(task, data)
+        result = self.inner.train(task, data, state)
         if task.client_id == "1":
             return dataclasses.replace(
                 result, payload={"delta": np.full_like(result.payload["delta"], np.nan)}

@@ -13,6 +13,7 @@ from shoal.messages import Failure, TrainTask
 from shoal.models import mlp
 from shoal.runtime import initial_params
 from shoal.runtime.vectorized import CohortTrainer, VectorizedBackend, cohort_supported
+from shoal.strategy.scaffold import CLIENT_CONTROL, CONTROL_DELTA, SERVER_CONTROL
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,59 @@ def test_cohort_equals_clients_one_by_one(ragged, model, hp):
     tasks = [TrainTask(1, c, params, seed=100 + i) for i, c in enumerate(ragged.client_ids)]
     tasks[3] = TrainTask(1, tasks[3].client_id, params, seed=7, config={"local_epochs": 1, "lr": 0.3})
     app = hp.build(model)
-    one_by_one = [app.train(t, ragged[t.client_id]) for t in tasks]
+    one_by_one = [app.train(t, ragged[t.client_id], {}) for t in tasks]
     cohort = CohortTrainer(model, hp).train(tasks, [ragged[t.client_id] for t in tasks])
     for a, b in zip(one_by_one, cohort, strict=True):
         np.testing.assert_allclose(b.payload["delta"], a.payload["delta"], rtol=1e-5, atol=1e-6)
         assert a.metrics["local_steps"] == b.metrics["local_steps"]
         assert abs(a.metrics["train_loss"] - b.metrics["train_loss"]) < 1e-5
         assert a.num_examples == b.num_examples
+
+
+@pytest.mark.parametrize(
+    "hp",
+    [TorchTrainer(lr=0.1, local_epochs=2, batch_size=16), TorchTrainer(lr=0.1, momentum=0.5, batch_size=16)],
+    ids=["fused", "vmap"],
+)
+@pytest.mark.parametrize("hook", ["fedprox", "scaffold"])
+def test_cohort_implements_client_hooks_like_the_one_by_one_trainer(ragged, model, hp, hook):
+    params, spec = initial_params(model, 0)
+    rng = np.random.default_rng(0)
+    control = {SERVER_CONTROL: rng.normal(0, 0.1, spec.num_params).astype(np.float32)}
+    config = {"proximal_mu": 0.5} if hook == "fedprox" else {}
+    arrays = control if hook == "scaffold" else {}
+    tasks = [TrainTask(1, c, params, 100 + i, config, arrays) for i, c in enumerate(ragged.client_ids)]
+    # half the clients already hold a control variate from an earlier round
+    states = [
+        {CLIENT_CONTROL: rng.normal(0, 0.1, spec.num_params).astype(np.float32)} if i % 2 else {}
+        for i in range(len(tasks))
+    ]
+    app = hp.build(model)
+    seq_states = [dict(s) for s in states]
+    one_by_one = [app.train(t, ragged[t.client_id], s) for t, s in zip(tasks, seq_states, strict=True)]
+    cohort = CohortTrainer(model, hp).train(tasks, [ragged[t.client_id] for t in tasks], states)
+    for a, b, sa, sb in zip(one_by_one, cohort, seq_states, states, strict=True):
+        np.testing.assert_allclose(b.payload["delta"], a.payload["delta"], rtol=1e-4, atol=1e-6)
+        assert set(a.payload) == set(b.payload)
+        if hook == "scaffold":
+            np.testing.assert_allclose(
+                b.payload[CONTROL_DELTA], a.payload[CONTROL_DELTA], rtol=1e-3, atol=1e-4
+            )
+            np.testing.assert_allclose(sb[CLIENT_CONTROL], sa[CLIENT_CONTROL], rtol=1e-3, atol=1e-4)
+    plain = CohortTrainer(model, hp).train(
+        [TrainTask(1, t.client_id, params, t.seed) for t in tasks[:2]],
+        [ragged[t.client_id] for t in tasks[:2]],
+    )
+    assert np.abs(plain[1].payload["delta"] - cohort[1].payload["delta"]).max() > 1e-4  # the hook counted
+
+
+def test_cohort_refuses_task_inputs_it_does_not_implement(ragged, model):
+    params, _ = initial_params(model, 0)
+    hp = TorchTrainer()
+    with pytest.raises(ValueError, match="personal_head"):
+        CohortTrainer(model, hp).train(
+            [TrainTask(1, "0", params, 1, arrays={"personal_head": params})], [ragged["0"]]
+        )
 
 
 def test_vectorized_run_matches_sequential_run(ragged, model):

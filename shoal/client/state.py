@@ -1,0 +1,59 @@
+"""State a client keeps across rounds, on the device: SCAFFOLD's control variate, a
+personal head, a local optimizer's moments.
+
+An app receives its client's state as a plain ``dict[str, np.ndarray]`` with each task and
+may change it in place. The runtime commits the changes only when the task produced a
+result (a client that crashed mid-round keeps its old state), and keeps the committed
+states where the client lives: in simulation a :class:`ClientStateStore` per backend,
+saved in checkpoints; on a real device, the device's own storage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+ClientState = dict[str, np.ndarray]
+
+
+class ClientStateStore:
+    """Committed per-client states, by client id."""
+
+    def __init__(self) -> None:
+        self._by_client: dict[str, ClientState] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_client)
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._by_client
+
+    def get(self, client_id: str) -> ClientState:
+        """A deep working copy of the client's state ({} for a client never seen): the app
+        may change it, arrays included, and nothing is kept unless it is passed to :meth:`put`."""
+        return {name: value.copy() for name, value in self._by_client.get(client_id, {}).items()}
+
+    def put(self, client_id: str, state: ClientState) -> None:
+        for name, value in state.items():
+            if not isinstance(name, str) or not isinstance(value, np.ndarray):
+                raise TypeError(
+                    f"client state must map str to numpy arrays; {name!r} is {type(value).__name__}"
+                )
+        if state:
+            self._by_client[client_id] = dict(state)
+        else:
+            self._by_client.pop(client_id, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Ids go in a list rather than in keys: a client id may contain any character.
+        ids = sorted(self._by_client)
+        return {"ids": ids, "states": [self._by_client[cid] for cid in ids]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ids, states = state.get("ids", []), state.get("states", [])
+        if len(ids) != len(states):
+            raise ValueError(f"client state has {len(ids)} ids but {len(states)} states")
+        self._by_client = {}
+        for cid, s in zip(ids, states, strict=True):
+            self.put(str(cid), {str(k): np.asarray(v) for k, v in s.items()})
