@@ -48,6 +48,7 @@ class DatasetName(enum.StrEnum):
     DIGITS = "digits"  # scikit-learn's 8x8 digits
     CSV = "csv"  # your own table: set path and label_column
     SYNTHETIC = "synthetic"  # FedProx's synthetic(alpha, beta): natural clients, no partition
+    SHAKESPEARE = "shakespeare"  # As You Like It, one client per speaking role: next-char prediction
 
 
 class StrategyName(enum.StrEnum):
@@ -111,12 +112,15 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: ModelName = ModelName.MCMAHAN_CNN
-    hidden: tuple[int, ...] = (64,)  # mlp only: hidden layer widths
+    hidden: tuple[int, ...] = (64,)  # mlp: hidden layer widths; char_lstm: one equal width per LSTM layer
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", ModelName(self.name))  # a plain string works too
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"model.hidden widths must be >= 1, got {list(self.hidden)}")
+        if self.name is ModelName.CHAR_LSTM and (not self.hidden or len(set(self.hidden)) != 1):
+            widths = list(self.hidden)
+            raise ConfigError(f"char_lstm needs equal LSTM widths, e.g. model.hidden = [128]; got {widths}")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from shoal.config import DatasetName, RunConfig, TransformName
 from shoal.data.datasets import FederatedDataset, LabeledData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
 from shoal.data.partition import partition
+from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError
-from shoal.models import ModelFactory, ModelName, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.models import ModelFactory, ModelName, char_lstm, mcmahan_2nn, mcmahan_cnn, mlp
 from shoal.runtime.backend import Backend, BackendName, InProcessBackend
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
@@ -27,6 +28,8 @@ def load_data(cfg: RunConfig) -> FederatedDataset:
     d = cfg.data
     if d.dataset is DatasetName.SYNTHETIC:  # natural clients: the partition keys do not apply
         return synthetic(d.synthetic_alpha, d.synthetic_beta, d.num_clients, cfg.seed, d.synthetic_iid)
+    if d.dataset is DatasetName.SHAKESPEARE:  # natural clients too: num_clients keeps the largest roles
+        return shakespeare(d.num_clients)
     central: LabeledData
     if d.dataset is DatasetName.FASHION_MNIST:
         central = fashion_mnist(d.path)
@@ -55,6 +58,8 @@ def model_factory(cfg: RunConfig, data: FederatedDataset) -> ModelFactory:
         return functools.partial(mcmahan_cnn, shape, classes)
     if cfg.model.name is ModelName.MCMAHAN_2NN:
         return functools.partial(mcmahan_2nn, shape, classes)
+    if cfg.model.name is ModelName.CHAR_LSTM:
+        return functools.partial(char_lstm, classes, cfg.model.hidden)
     return functools.partial(mlp, shape, classes, cfg.model.hidden)
 
 

@@ -22,6 +22,7 @@ from shoal.data.partition import (
     shard_indices,
     shards,
 )
+from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "quantity_skew",
     "quantity_skew_indices",
     "shard_indices",
+    "shakespeare",
     "shards",
     "synthetic",
 ]

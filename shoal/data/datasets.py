@@ -14,7 +14,8 @@ from shoal.errors import DataError
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Features ``x`` (float32, [n, ...]) and integer labels ``y`` ([n]) as tensors."""
+    """Features ``x`` ([n, ...]: float32, or int64 token ids for text) and integer labels
+    ``y`` ([n]) as tensors."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -22,8 +23,8 @@ class ArrayDataset:
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
-        if self.x.dtype != torch.float32:
-            raise DataError(f"features must be float32, got {self.x.dtype}")
+        if self.x.dtype not in (torch.float32, torch.int64):
+            raise DataError(f"features must be float32 (or int64 token ids), got {self.x.dtype}")
         if self.y.dtype != torch.int64 or self.y.ndim != 1:
             raise DataError(f"labels must be a 1-D int64 tensor, got {self.y.dtype}{list(self.y.shape)}")
 
@@ -33,6 +34,14 @@ class ArrayDataset:
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return ArrayDataset(self.x[idx].contiguous(), self.y[idx].contiguous())
+
+    @classmethod
+    def from_tokens(cls, x: np.ndarray, y: np.ndarray) -> ArrayDataset:
+        """Token-id features (text), kept as int64."""
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+        )
 
     @classmethod
     def from_numpy(cls, x: np.ndarray, y: np.ndarray) -> ArrayDataset:

@@ -10,6 +10,7 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 
@@ -17,6 +18,7 @@ class ModelName(enum.StrEnum):
     MCMAHAN_CNN = "mcmahan_cnn"
     MCMAHAN_2NN = "mcmahan_2nn"
     MLP = "mlp"
+    CHAR_LSTM = "char_lstm"
 
 
 def mcmahan_cnn(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
@@ -56,6 +58,33 @@ def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (6
     return nn.Sequential(*layers)
 
 
+class CharLSTM(nn.Module):
+    """Next-character prediction: embed each id, run stacked LSTMs, classify the last state.
+
+    LEAF's Shakespeare reference is ``embed=8, hidden=256, layers=2`` (819k parameters with
+    an 80-symbol vocabulary); smaller widths train far faster on CPU.
+    """
+
+    def __init__(self, vocab_size: int, embed: int = 8, hidden: int = 256, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(ids))  # [n, T, hidden]
+        logits: torch.Tensor = self.head(out[:, -1])
+        return logits
+
+
+def char_lstm(num_classes: int, hidden: Sequence[int] = (256, 256), embed: int = 8) -> nn.Module:
+    """A :class:`CharLSTM` over ``num_classes`` symbols; ``hidden`` gives one width per layer
+    (all equal: an LSTM stack)."""
+    if not hidden or len(set(hidden)) != 1:
+        raise ValueError(f"char_lstm needs one or more equal widths, e.g. [256, 256]; got {list(hidden)}")
+    return CharLSTM(num_classes, embed, hidden[0], len(hidden))
+
+
 def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(input_shape) != 3 or min(input_shape[1:]) < 4:
         raise ValueError(
@@ -67,4 +96,4 @@ def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 
 ModelFactory = Callable[[], nn.Module]
 
-__all__ = ["ModelFactory", "ModelName", "mcmahan_2nn", "mcmahan_cnn", "mlp"]
+__all__ = ["CharLSTM", "ModelFactory", "ModelName", "char_lstm", "mcmahan_2nn", "mcmahan_cnn", "mlp"]
