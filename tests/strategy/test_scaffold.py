@@ -66,13 +66,9 @@ def _by_hand(x: np.ndarray, data: FederatedDataset, rounds: int) -> tuple[np.nda
     return x, c, c_i
 
 
-def _strategy() -> Scaffold:
-    return Scaffold(clients_per_round=2, aggregator=mean)
-
-
 def test_two_rounds_match_algorithm_1_by_hand(two_clients):
     trainer = shoal.TorchTrainer(lr=LR, local_steps=K, batch_size=24)  # one batch = the full data
-    strategy = _strategy()
+    strategy = Scaffold(clients_per_round=2)  # the paper's uniform mean is the default
     backend = InProcessBackend(trainer, linear, two_clients)
     history = shoal.simulate(linear, two_clients, strategy, trainer, rounds=2, backend=backend)
     x0, _ = initial_params(linear, 0)
