@@ -21,6 +21,7 @@ class Stream(enum.IntEnum):
     TRANSFORM = 4
     PARTITION = 5
     STRAGGLERS = 6
+    DP_NOISE = 7
 
 
 def _tag(text: str) -> int:

@@ -45,8 +45,8 @@ __all__ = [
     "partition",
     "quantity_skew",
     "quantity_skew_indices",
-    "shard_indices",
     "shakespeare",
+    "shard_indices",
     "shards",
     "synthetic",
 ]

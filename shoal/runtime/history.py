@@ -26,6 +26,7 @@ class History:
     spec: ParamSpec
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None  # why the run ended before its last round (a spent privacy budget)
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """(round, value) for every round that recorded ``key``."""

@@ -34,7 +34,7 @@ from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.runtime.history import History, MetricsLog, Record
 from shoal.strategy.base import RoundContext, Strategy
-from shoal.transforms.base import TransformContext, UpdateTransform, apply_server
+from shoal.transforms.base import TransformContext, UpdateTransform, apply_server, clients_in
 
 Callback = Callable[[Record], None]
 StopCondition = Callable[[Record], bool]
@@ -89,6 +89,7 @@ class Simulation:
         self.log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir else None
         self.records: list[Record] = []
         self.round = 0  # last completed round
+        self.stopped: str | None = None  # why run() ended before its last round, if it did
 
     # -- persistence ---------------------------------------------------------------------
     def resume(self) -> None:
@@ -124,6 +125,7 @@ class Simulation:
         tasks: Sequence[TrainTask],
         outcomes: Sequence[TrainResult | Failure],
         ctx: RoundContext,
+        record: Record,
     ) -> tuple[list[TrainResult], list[Failure]]:
         """Keep results that answer a task of this round and decode to a usable delta."""
         expected = {t.client_id for t in tasks}
@@ -136,8 +138,13 @@ class Simulation:
                     results.append(o)
                 else:
                     failures.append(_rejected(o, "result for no task of this round"))
-        tctx = TransformContext(ctx.round, self.seed, self.spec.num_params)
-        decoded, rejected = apply_server(self.transforms, results, tctx)
+        n = sum(r.num_examples for r in results)
+        losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
+        if losses and n:  # before the server transforms, which may merge the cohort into one result
+            record["train_loss"] = sum(float(v) * k for v, k in losses) / sum(k for _, k in losses)
+        decoded, rejected = apply_server(self.transforms, results, self._transform_context(ctx.round))
+        for t in self.transforms:
+            record.update(getattr(t, "round_metrics", dict)())
         failures += rejected
         valid = []
         # Every vector the strategy reads is checked here, so a strategy sees only sound input.
@@ -151,6 +158,20 @@ class Simulation:
             else:
                 valid.append(r)
         return valid, failures
+
+    def _transform_context(self, round: int) -> TransformContext:
+        sampling_for = getattr(self.strategy, "sampling_for", None)
+        sampling = sampling_for(len(self.data.client_ids)) if sampling_for else None
+        return TransformContext(round, self.seed, self.spec.num_params, sampling)
+
+    def stop_reason(self) -> str | None:
+        """Why the next round must not run (a transform's spent budget), or None."""
+        ctx = self._transform_context(self.round + 1)
+        for t in self.transforms:
+            reason: str | None = getattr(t, "stop_reason", lambda _: None)(ctx)
+            if reason:
+                return reason
+        return None
 
     def _usable(self, delta: np.ndarray | None) -> bool:
         return (
@@ -167,19 +188,15 @@ class Simulation:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
         outcomes = self.backend.train(tasks)
-        results, failures = self._collect(tasks, outcomes, ctx)
+        results, failures = self._collect(tasks, outcomes, ctx, record)
         record.update(
             clients_selected=len(tasks),
-            clients_completed=len(results),
+            clients_completed=clients_in(results),
             clients_failed=len(failures),
             bytes_down=sum(encoded_size(t) for t in tasks),
             bytes_up=sum(encoded_size(o) for o in outcomes if isinstance(o, TrainResult)),
             failures=[f"{f.client_id}: {f.kind.value}: {f.reason}" for f in failures[:5]],
         )
-        n = sum(r.num_examples for r in results)
-        losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
-        if losses and n:
-            record["train_loss"] = sum(float(v) * k for v, k in losses) / sum(k for _, k in losses)
         try:
             new = self.strategy.aggregate_train(ctx, self.params, results, failures)
             check_vector(new, self.spec, "aggregated model")
@@ -248,6 +265,9 @@ class Simulation:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             while self.round < rounds:
+                self.stopped = self.stop_reason()
+                if self.stopped:
+                    break
                 record = self.step(rounds)
                 for cb in callbacks:
                     cb(record)
@@ -262,7 +282,7 @@ class Simulation:
                 self.spec,
                 {"model_hash": model_hash(self.params)},
             )
-        return History(list(self.records), self.params, self.spec, self.out_dir)
+        return History(list(self.records), self.params, self.spec, self.out_dir, stopped=self.stopped)
 
 
 def simulate(

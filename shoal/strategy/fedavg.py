@@ -1,10 +1,12 @@
 """Federated Averaging (McMahan et al. 2017, Algorithm 1) and its server-optimizer family.
 
 Each round: sample ``m = max(round(C * K), 1)`` of the ``K`` available clients (or a fixed
-``clients_per_round``), send them the model, aggregate their deltas (weighted by example
-counts), and hand the aggregate to the server optimizer. ``ServerSGD(1.0)`` is the paper's
-rule; ``ServerMomentum`` gives FedAvgM and ``Adaptive`` gives FedAdagrad, FedAdam and
-FedYogi (``server_opt.py``). Rounds with fewer than ``min_clients`` results are aborted.
+``clients_per_round``), or with ``sampling="poisson"`` let each client join independently
+with probability ``q = C`` (or ``clients_per_round / K``), as DP accounting wants; send
+them the model, aggregate their deltas (weighted by example counts), and hand the
+aggregate to the server optimizer. ``ServerSGD(1.0)`` is the paper's rule;
+``ServerMomentum`` gives FedAvgM and ``Adaptive`` gives FedAdagrad, FedAdam and FedYogi
+(``server_opt.py``). Rounds with fewer than ``min_clients`` results are aborted.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import numpy as np
 from shoal.errors import ConfigError, RoundAbortedError
 from shoal.messages import Failure, Scalar, TrainResult, TrainTask
 from shoal.rng import Stream
+from shoal.sampling import Sampling, SamplingKind
 from shoal.strategy.aggregators import Aggregator, weighted_mean
 from shoal.strategy.base import RoundContext
 from shoal.strategy.server_opt import ServerOptimizer, ServerSGD
+from shoal.transforms.base import clients_in
 
 
 @dataclass
@@ -28,6 +32,7 @@ class FedAvg:
     clients_per_round: int | None = 10
     fraction: float | None = None  # C in the paper; used instead of clients_per_round when set
     min_clients: int = 1  # fewer results than this and the round is abandoned
+    sampling: SamplingKind = SamplingKind.FIXED  # "poisson": independent joins (DP accounting)
     server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
     aggregator: Aggregator = weighted_mean
     client_config: Mapping[str, Scalar] = field(default_factory=dict)  # sent with every task
@@ -44,6 +49,7 @@ class FedAvg:
     _stragglers: dict[int, frozenset[str]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.sampling = SamplingKind(self.sampling)
         if self.fraction is not None:
             if not 0.0 < self.fraction <= 1.0:
                 raise ConfigError(f"strategy.fraction must be in (0, 1], got {self.fraction}")
@@ -64,6 +70,13 @@ class FedAvg:
         )
         return min(wanted, available)
 
+    def sampling_for(self, available: int) -> Sampling:
+        """How this strategy picks clients from ``available``: what DP accounting composes."""
+        if self.sampling is SamplingKind.POISSON:
+            rate = self.fraction if self.fraction is not None else (self.clients_per_round or 1) / available
+            return Sampling.poisson(min(rate, 1.0), available)
+        return Sampling.fixed(self.num_to_select(available), available)
+
     def configure_train(
         self, ctx: RoundContext, params: np.ndarray, available: Sequence[str]
     ) -> list[TrainTask]:
@@ -72,12 +85,12 @@ class FedAvg:
                 f"round {ctx.round}: only {len(available)} clients available, "
                 f"min_clients is {self.min_clients}"
             )
-        chosen = [
-            available[i]
-            for i in sorted(
-                ctx.rng().choice(len(available), size=self.num_to_select(len(available)), replace=False)
-            )
-        ]
+        plan = self.sampling_for(len(available))
+        if plan.kind is SamplingKind.POISSON:
+            picked = np.flatnonzero(ctx.rng().random(len(available)) < plan.rate)
+        else:
+            picked = np.sort(ctx.rng().choice(len(available), size=plan.size, replace=False))
+        chosen = [available[int(i)] for i in picked]
         rng = ctx.rng(Stream.STRAGGLERS)
         slow = rng.random(len(chosen)) < self.straggler_fraction
         epochs = rng.integers(1, self.straggler_max_epochs + 1, len(chosen))
@@ -116,9 +129,9 @@ class FedAvg:
             results = [r for r in results if r.client_id not in slow]
         if self.normalize_local_steps:  # a result without a step count cannot be normalized
             results = [r for r in results if _steps(r) > 0]
-        if len(results) < self.min_clients:
+        if clients_in(results) < self.min_clients:
             raise RoundAbortedError(
-                f"round {ctx.round}: {len(results)} results ({len(failures)} failed), "
+                f"round {ctx.round}: {clients_in(results)} results ({len(failures)} failed), "
                 f"min_clients is {self.min_clients}"
             )
         return list(results)

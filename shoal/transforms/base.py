@@ -9,7 +9,10 @@ result that stands for the cohort (its ``num_examples`` the cohort's total). A s
 that cannot use one client's result (wrong payload, bad shape) returns a :class:`Failure`
 in its place: one bad client costs its own update, never the round.
 
-Transforms carry their state (residuals, adaptive clip norms) in ``state_dict()``.
+Transforms carry their state (residuals, adaptive clip norms) in ``state_dict()``. Two
+optional methods let a transform speak to the round loop: ``round_metrics()`` (what it
+measured this round, e.g. epsilon so far, merged into the round's record) and
+``stop_reason(sampling)`` (why the next round must not run, e.g. a spent privacy budget).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from shoal.messages import Failure, TrainResult
+from shoal.sampling import Sampling
+
+AGGREGATED = "aggregated_clients"  # metric of a result that stands for a merged cohort
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,12 @@ class TransformContext:
     round: int
     run_seed: int
     num_params: int
+    sampling: Sampling | None = None  # how the round picked its clients (None on the device)
+
+
+def clients_in(results: Sequence[TrainResult]) -> int:
+    """How many clients these results stand for (a merged result counts its cohort)."""
+    return sum(int(r.metrics.get(AGGREGATED, 1)) for r in results)
 
 
 @runtime_checkable

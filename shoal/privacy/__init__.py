@@ -1,0 +1,25 @@
+"""Differential privacy: accounting, noise, and the DP transforms of the update path."""
+
+from shoal.privacy.accounting import AccountantName, PrivacyLedger, calibrate_noise, epsilon
+from shoal.privacy.central import CentralDP
+from shoal.privacy.clipping import clip, l2_norm
+from shoal.privacy.local import LocalDP, local_epsilon
+from shoal.privacy.noise import NoiseName, SecureNoise, SeededNoise
+from shoal.sampling import Sampling, SamplingKind
+
+__all__ = [
+    "AccountantName",
+    "CentralDP",
+    "LocalDP",
+    "NoiseName",
+    "PrivacyLedger",
+    "Sampling",
+    "SamplingKind",
+    "SecureNoise",
+    "SeededNoise",
+    "calibrate_noise",
+    "clip",
+    "epsilon",
+    "l2_norm",
+    "local_epsilon",
+]
