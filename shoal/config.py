@@ -36,7 +36,12 @@ from shoal.client.trainer import TorchTrainer
 from shoal.data.partition import Partition
 from shoal.errors import ConfigError
 from shoal.models import ModelName
+from shoal.privacy.accounting import AccountantName
+from shoal.privacy.central import CentralDP
+from shoal.privacy.local import LocalDP
+from shoal.privacy.noise import NoiseName
 from shoal.runtime.backend import BackendName
+from shoal.sampling import SamplingKind
 from shoal.strategy.fedavg import FedAvg
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
@@ -129,6 +134,7 @@ class StrategyConfig:
     clients_per_round: int = 10
     fraction: float | None = None  # C: when set, overrides clients_per_round
     min_clients: int = 1  # fewer results abandon the round, leaving the model unchanged
+    sampling: SamplingKind = SamplingKind.FIXED  # "poisson": each client joins with probability q (for DP)
     server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm/scaffold, 0.01 for the adaptive ones
     server_momentum: float = 0.9  # fedavgm
     proximal_mu: float = 0.01  # fedprox: weight of mu/2 ||w - w_global||^2 in the local loss
@@ -152,6 +158,7 @@ class StrategyConfig:
             clients_per_round=self.clients_per_round,
             fraction=self.fraction,
             min_clients=self.min_clients,
+            sampling=self.sampling,
             server_optimizer=self._server_optimizer(),
             client_config=prox,
             normalize_local_steps=self.name is StrategyName.FEDNOVA,
@@ -185,6 +192,63 @@ class EvalConfig:
         _at_least("eval.federated_eval_clients", self.federated_eval_clients, 1)
 
 
+class PrivacyMode(enum.StrEnum):
+    NONE = "none"
+    CENTRAL = "central"  # DP-FedAvg: the trusted server clips, sums and noises (McMahan et al. 2018)
+    LOCAL = "local"  # each device clips and noises its own update before sending it
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    mode: PrivacyMode = PrivacyMode.NONE
+    noise_multiplier: float = 1.0  # z: Gaussian noise std = z * clip_norm (on the sum, or per update)
+    clip_norm: float = 1.0  # C: every client's update is clipped to this L2 norm (start value if adaptive)
+    delta: float | None = None  # None: 1 / num_clients^1.1, below one in the number of users
+    adaptive_clipping: bool = False  # central: track a quantile of update norms (Andrew et al. 2021)
+    target_quantile: float = 0.5  # adaptive: the norm quantile C follows
+    clip_lr: float = 0.2  # adaptive: geometric step size of C
+    clip_count_stddev: float | None = None  # adaptive: noise on the clip count; None: expected cohort / 20
+    target_epsilon: float | None = None  # central: stop before epsilon would exceed this
+    accountant: AccountantName = AccountantName.RDP  # rdp, or pld (tighter; Poisson sampling only)
+    noise: NoiseName = NoiseName.SECURE  # "seeded" reproduces runs but must never protect real data
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", PrivacyMode(self.mode))
+        object.__setattr__(self, "accountant", AccountantName(self.accountant))
+        object.__setattr__(self, "noise", NoiseName(self.noise))
+        if self.delta is not None and not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+        self._central(100), self._local(100)  # the constructors check every value, in every mode
+
+    def delta_for(self, num_clients: int) -> float:
+        return self.delta if self.delta is not None else float(num_clients) ** -1.1
+
+    def build(self, num_clients: int) -> CentralDP | LocalDP | None:
+        """The DP transform for a population of ``num_clients``, or None."""
+        if self.mode is PrivacyMode.CENTRAL:
+            return self._central(num_clients)
+        if self.mode is PrivacyMode.LOCAL:
+            return self._local(num_clients)
+        return None
+
+    def _local(self, num_clients: int) -> LocalDP:
+        return LocalDP(self.clip_norm, self.noise_multiplier, self.delta_for(num_clients), self.noise)
+
+    def _central(self, num_clients: int) -> CentralDP:
+        return CentralDP(
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+            delta=self.delta_for(num_clients),
+            adaptive=self.adaptive_clipping,
+            target_quantile=self.target_quantile,
+            clip_lr=self.clip_lr,
+            clip_count_stddev=self.clip_count_stddev,
+            target_epsilon=self.target_epsilon,
+            accountant=self.accountant,
+            noise=self.noise,
+        )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # 30 rounds of 10 clients x 5 epochs on the MNIST subset reach ~95% in about a minute.
@@ -202,11 +266,23 @@ class RunConfig:
         default_factory=lambda: TorchTrainer(lr=0.05, local_epochs=5, batch_size=10)
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         _at_least("rounds", self.rounds, 1)
         _at_least("cohort_size", self.cohort_size, 1)
         _at_least("ray_workers", self.ray_workers, 1)
+        if self.privacy.mode is PrivacyMode.CENTRAL:
+            # Central DP merges the cohort into one noised average before the strategy sees it.
+            if self.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA):
+                raise ConfigError(
+                    f"privacy.mode = 'central' noises one averaged update; {self.strategy.name.value} needs "
+                    "each client's own vectors: use fedavg, fedprox, fedavgm or an adaptive optimizer"
+                )
+            if self.strategy.drop_stragglers:
+                raise ConfigError(
+                    "privacy.mode = 'central' aggregates every result; set drop_stragglers = false"
+                )
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -215,7 +291,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _section_types() -> dict[str, type]:
     hints = _hints(RunConfig)
-    return {name: hints[name] for name in ("data", "model", "strategy", "trainer", "eval")}
+    return {name: hints[name] for name in ("data", "model", "strategy", "trainer", "eval", "privacy")}
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
@@ -362,7 +438,13 @@ def flags() -> list[Flag]:
     for _, k, _, _ in entries:
         counts[k] = counts.get(k, 0) + 1
     return [
-        Flag("--" + (k if counts[k] == 1 or s is None else f"{s}_{k}").replace("_", "-"), s, k, t, d)
+        Flag(
+            "--" + (k if (counts[k] == 1 and k != "mode") or s is None else f"{s}_{k}").replace("_", "-"),
+            s,
+            k,
+            t,
+            d,
+        )
         for s, k, t, d in entries
     ]
 

@@ -104,6 +104,9 @@ def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
     data = load_data(cfg)
     model = model_factory(cfg, data)
     transforms = make_transforms(cfg.transforms)
+    private = cfg.privacy.build(len(data))
+    if private is not None:  # first: its client half sees the raw update, its server half the decoded one
+        transforms.insert(0, private)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
     return Simulation(
         model,
@@ -151,6 +154,13 @@ def _finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) ->
         "seed": cfg.seed,
         "backend": type(sim.backend).__name__,
     }
+    for key in ("dp_epsilon", "ldp_epsilon_worst_client"):
+        values = history.series(key)
+        if values:
+            summary[key] = values[-1][1]
+            summary["dp_delta"] = cfg.privacy.delta_for(len(sim.data))
+    if history.stopped:
+        summary["stopped"] = history.stopped
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     history.extra["summary"] = summary
     return history

@@ -125,3 +125,29 @@ def test_help_lists_every_key_with_its_default(capsys):
     text = capsys.readouterr().out
     assert "--clients-per-round" in text and "strategy.clients_per_round (default: 10)" in text
     assert "{iid,dirichlet,shards,quantity-skew}" in text
+
+
+def test_privacy_prints_epsilon_ahead_and_calibrates_noise(capsys):
+    from shoal.privacy import Sampling, epsilon
+
+    args = ["privacy", "--clients", "1000", "--clients-per-round", "10", "--rounds", "100"]
+    assert main([*args, "--noise-multiplier", "1.0"]) == 0
+    expected = epsilon(Sampling.poisson(0.01, 1000), 1.0, 100, 1000**-1.1)
+    assert f"after    100 rounds: epsilon {expected:.4f}" in capsys.readouterr().out
+    assert main([*args, "--target-epsilon", "2"]) == 0
+    z = float(capsys.readouterr().out.split("noise_multiplier ")[1].split()[0])
+    assert epsilon(Sampling.poisson(0.01, 1000), z, 100, 1000**-1.1) <= 2.0
+    assert main(["privacy", "--rounds", "3"]) == 2
+    assert "--clients and --clients-per-round" in capsys.readouterr().err
+
+
+def test_central_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, capsys):
+    out = tmp_path / "dp"
+    flags = ["--privacy-mode", "central", "--sampling", "poisson", "--noise", "seeded"]
+    flags += ["--target-epsilon", "6"]
+    assert main(["run", "--quiet", "--rounds", "50", "--out", str(out), *TINY, *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "privacy: epsilon" in printed and "stopped after round" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dp_epsilon"] <= 6 and summary["rounds"] < 50 and "privacy budget" in summary["stopped"]
+    assert "Privacy spent" in (out / "report.html").read_text()

@@ -52,6 +52,11 @@ def test_examples_exist():
             {"transforms": ["gzip"]},
             "transforms: 'gzip' is not allowed; choose one of 'half-precision'",
         ),
+        ({"privacy": {"mode": "central"}, "strategy": {"name": "scaffold"}}, "scaffold needs each client's"),
+        ({"privacy": {"mode": "central"}, "strategy": {"drop_stragglers": True}}, "drop_stragglers = false"),
+        ({"privacy": {"noise_multiplier": 0}}, "noise_multiplier must be > 0"),
+        ({"privacy": {"delta": 2}}, r"privacy.delta must be in \(0, 1\)"),
+        ({"privacy": {"noise": "urandom"}}, "choose one of 'secure', 'seeded'"),
     ],
 )
 def test_bad_config_names_the_key_and_the_fix(raw, match):

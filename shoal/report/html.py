@@ -92,7 +92,16 @@ def _summary(records: list[Record], summary: dict[str, Any]) -> dict[str, Any]:
         "MB up (clients to server)": sum(r.get("bytes_up", 0) for r in records) / 1e6,
         "wall time (s)": records[-1].get("elapsed", 0.0) if records else 0.0,
     }
-    out.update({k: v for k, v in summary.items() if k in ("model_hash", "num_params", "seed", "backend")})
+    keys = (
+        "dp_epsilon",
+        "ldp_epsilon_worst_client",
+        "dp_delta",
+        "stopped",
+        "model_hash",
+        "num_params",
+        "seed",
+    )
+    out.update({k: v for k, v in summary.items() if k in (*keys, "backend")})
     return out
 
 
@@ -138,6 +147,16 @@ def render(run_dir: str | Path) -> Path:
             from_zero=True,
         ),
     ]
+    if any(r.get("dp_epsilon") is not None or r.get("ldp_epsilon_worst_client") is not None for r in records):
+        plots.append(
+            _plot(
+                records,
+                [("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", "local (worst client)")],
+                f"Privacy spent (delta {summary.get('dp_delta', float('nan')):.3g})",
+                "epsilon",
+                from_zero=True,
+            )
+        )
     title = f"shoal run {html.escape(run_dir.name)}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>{_CSS}</style></head><body>

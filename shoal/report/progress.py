@@ -49,6 +49,8 @@ class RoundProgress:
             parts.append(f"loss {record['train_loss']:.3f}")
         if record.get("test_accuracy") is not None:
             parts.append(f"acc {record['test_accuracy']:.3f}")
+        if record.get("dp_epsilon") is not None:
+            parts.append(f"eps {record['dp_epsilon']:.2f}")
         if record.get("aborted"):
             parts.append("[yellow]aborted")
         self.progress.update(self.task, completed=record["round"], status="  ".join(parts))
