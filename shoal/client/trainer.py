@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,9 +24,11 @@ from shoal.client.app import ClientApp
 from shoal.client.state import ClientState
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.errors import ConfigError
-from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
+from shoal.messages import EvalResult, EvalTask, Scalar, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.params import FlatModule, read_only_tensor
+from shoal.privacy.dp_sgd import DPSGDRunner, count_steps, example_epsilon
+from shoal.privacy.noise import NoiseName
 from shoal.strategy.scaffold import CONTROL_DELTA, control_correction, update_control
 
 
@@ -50,6 +53,11 @@ class TorchTrainer:
     momentum: float = 0.0
     weight_decay: float = 0.0
     eval_batch_size: int = 1024
+    # DP-SGD on the device (Opacus): per-example clipping and noise, Poisson-sampled batches
+    dp_sgd_noise_multiplier: float | None = None  # set to turn DP-SGD on
+    dp_sgd_max_grad_norm: float = 1.0  # per-example gradient clip
+    dp_sgd_delta: float = 1e-5  # for the example-level epsilon each client reports
+    dp_sgd_noise: NoiseName = NoiseName.SECURE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
@@ -64,6 +72,12 @@ class TorchTrainer:
             raise ConfigError(f"trainer.momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        object.__setattr__(self, "dp_sgd_noise", NoiseName(self.dp_sgd_noise))
+        if self.dp_sgd_noise_multiplier is not None:
+            _check_positive("trainer.dp_sgd_noise_multiplier", self.dp_sgd_noise_multiplier)
+        _check_positive("trainer.dp_sgd_max_grad_norm", self.dp_sgd_max_grad_norm)
+        if not 0 < self.dp_sgd_delta < 1:
+            raise ConfigError(f"trainer.dp_sgd_delta must be in (0, 1), got {self.dp_sgd_delta}")
 
     def build(self, model: ModelFactory) -> ClientApp:
         return TorchClient(model(), self)
@@ -84,6 +98,7 @@ class TorchClient:
         self.module = module
         self.flat = FlatModule(module)
         self.hparams = hparams
+        self._dp_runner: DPSGDRunner | None = None
 
     def _hparams_for(self, task: TrainTask) -> TorchTrainer:
         overrides: dict[str, Any] = {k: v for k, v in task.config.items() if k in TASK_OVERRIDES}
@@ -114,6 +129,20 @@ class TorchClient:
         mu = float(task.config.get("proximal_mu", 0.0))
         anchor = self._views(read_only_tensor(task.params)) if mu else []
         drift = self._views(torch.from_numpy(correction)) if correction is not None else []
+        metrics: dict[str, Scalar] = {}
+        if hp.dp_sgd_noise_multiplier is not None:
+            if mu or drift:
+                raise ValueError("DP-SGD does not combine with FedProx or SCAFFOLD client terms")
+            dp_loss, dp_seen = self._dp_sgd().train(
+                data.train, opt, steps, hp.batch_size, hp.dp_sgd_noise_multiplier,
+                hp.dp_sgd_max_grad_norm, hp.dp_sgd_noise, task.seed,
+            )  # fmt: skip
+            total = count_steps(state, steps)
+            rate = min(1.0, hp.batch_size / n)
+            metrics["example_epsilon"] = example_epsilon(
+                rate, hp.dp_sgd_noise_multiplier, total, hp.dp_sgd_delta
+            )
+            return self._result(task, state, n, correction, steps, hp, dp_loss, dp_seen, metrics)
         self.module.train()
         loss_sum = torch.zeros(())
         seen = 0
@@ -133,6 +162,20 @@ class TorchClient:
             opt.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
+        return self._result(task, state, n, correction, steps, hp, float(loss_sum), seen, metrics)
+
+    def _result(
+        self,
+        task: TrainTask,
+        state: ClientState,
+        n: int,
+        correction: np.ndarray | None,
+        steps: int,
+        hp: TorchTrainer,
+        loss_sum: float,
+        seen: int,
+        metrics: dict[str, Scalar],
+    ) -> TrainResult:
         delta = self.flat.flat.numpy() - task.params  # a new array; the buffer is reused
         payload = {"delta": delta}
         if correction is not None:
@@ -142,8 +185,13 @@ class TorchClient:
             client_id=task.client_id,
             num_examples=n,
             payload=payload,
-            metrics={"train_loss": float(loss_sum) / max(seen, 1), "local_steps": steps},
+            metrics={"train_loss": loss_sum / max(seen, 1), "local_steps": steps, **metrics},
         )
+
+    def _dp_sgd(self) -> DPSGDRunner:
+        if self._dp_runner is None:
+            self._dp_runner = DPSGDRunner(self.module)
+        return self._dp_runner
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of a flat vector, in ``self.module.parameters()`` order."""

@@ -142,6 +142,9 @@ class Simulation:
         losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
         if losses and n:  # before the server transforms, which may merge the cohort into one result
             record["train_loss"] = sum(float(v) * k for v, k in losses) / sum(k for _, k in losses)
+        example_eps = [float(r.metrics["example_epsilon"]) for r in results if "example_epsilon" in r.metrics]
+        if example_eps:  # DP-SGD on the devices: the least private client so far this round
+            record["example_epsilon_max"] = max(example_eps)
         decoded, rejected = apply_server(self.transforms, results, self._transform_context(ctx.round))
         for t in self.transforms:
             record.update(getattr(t, "round_metrics", dict)())

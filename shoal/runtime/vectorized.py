@@ -59,6 +59,8 @@ def cohort_supported(module: nn.Module, hparams: TorchTrainer) -> str | None:
     """None when a cohort can train this model exactly; otherwise the reason it cannot."""
     if hparams.optimizer is not OptimizerName.SGD:
         return f"the vectorized path implements SGD only, not {hparams.optimizer.value}"
+    if hparams.dp_sgd_noise_multiplier is not None:
+        return "DP-SGD runs client by client through Opacus"
     odd = sorted({type(m).__name__ for m in module.modules() if not isinstance(m, _PURE_LAYERS)})
     if odd:
         return f"layers {odd} are not known to be stateless and deterministic"
