@@ -1,4 +1,4 @@
-"""Privacy against utility: test accuracy at epsilon 1, 2, 4, 8 and without DP.
+"""Privacy against utility: test accuracy at epsilon 0.25 to 8 and without DP.
 
 Central DP-FedAvg on Fashion-MNIST split IID over 1,000 clients (60 examples each, the
 W2 population), the 2NN, E = 1, B = 10, lr 0.05; each round Poisson-samples clients with
@@ -7,7 +7,7 @@ q = 0.1 (about 100), the server clips every update to a norm that tracks the med
 epsilon (client level, delta = 1/N^1.1) the noise multiplier is calibrated with the RDP
 accountant so that the whole run of --rounds rounds stays within it.
 
-    .venv/bin/python bench/dp_utility.py [--rounds 100] [--epsilons 1,2,4,8]
+    .venv/bin/python bench/dp_utility.py [--rounds 100] [--epsilons 0.25,0.5,1,2,4,8]
 
 Without Fashion-MNIST (apt-get install dataset-fashion-mnist) it says so and uses the
 8x8 digits over 100 clients instead. Prints a table; writes bench/results/dp_utility.png.
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from shoal import config as cfgmod
@@ -52,7 +53,7 @@ def base_config(rounds: int, fmnist: bool) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=100)
-    ap.add_argument("--epsilons", default="1,2,4,8")
+    ap.add_argument("--epsilons", default="0.25,0.5,1,2,4,8")
     args = ap.parse_args()
     torch.set_num_threads(1)
     fmnist = fashion_mnist_available()
@@ -76,6 +77,7 @@ def main() -> None:
             }
         cfg = cfgmod.from_dict(run)
         sim = experiment.build(cfg, None)
+        start_params = sim.params.copy()
         start = time.perf_counter()
         history = sim.run(cfg.rounds)
         eps = history.series("dp_epsilon")
@@ -87,6 +89,7 @@ def main() -> None:
                 "accuracy": history.final_accuracy,
                 "curve": history.series("test_accuracy"),
                 "clip": history.series("dp_clip_norm")[-1][1] if z else None,
+                "drift": float(np.linalg.norm(history.params - start_params)),
                 "seconds": time.perf_counter() - start,
             }
         )
@@ -98,12 +101,16 @@ def main() -> None:
         )
     name = "Fashion-MNIST, 1000 clients" if fmnist else "digits, 100 clients"
     print(f"\n{name}, q = 0.1, {args.rounds} rounds, delta = {delta:.2g}, adaptive clipping (median)\n")
-    print("| target epsilon | noise multiplier | epsilon spent | final clip norm | test accuracy |")
-    print("|---|---|---|---|---|")
+    print(
+        "| target epsilon | noise multiplier | epsilon spent | final clip norm | ||w_T - w_0|| | test accuracy |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in rows:
         z = f"{r['noise_multiplier']:.3f}" if r["noise_multiplier"] else "-"
         clip = f"{r['clip']:.3f}" if r["clip"] else "-"
-        print(f"| {r['target']:g} | {z} | {r['epsilon']:.3f} | {clip} | {r['accuracy']:.4f} |")
+        print(
+            f"| {r['target']:g} | {z} | {r['epsilon']:.3f} | {clip} | {r['drift']:.1f} | {r['accuracy']:.4f} |"
+        )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "dp_utility.json").write_text(json.dumps(rows))
     _plot(rows, OUT / "dp_utility.png", name)

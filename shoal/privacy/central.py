@@ -143,7 +143,11 @@ class CentralDP:
         return self._ledger.epsilon()
 
     def stop_reason(self, ctx: TransformContext) -> str | None:
-        if self.target_epsilon is None or ctx.sampling is None:
+        """Called before every round: a misconfiguration fails here, before any client trains."""
+        if ctx.sampling is None:
+            raise ConfigError("central DP needs a strategy that states its client sampling (sampling_for)")
+        self.update_noise_multiplier(ctx.sampling.expected_size)
+        if self.target_epsilon is None:
             return None
         after = self._ledger.epsilon(extra=ctx.sampling)
         if after > self.target_epsilon:

@@ -187,3 +187,12 @@ def test_local_dp_noises_on_the_device_and_reports_the_worst_client():
         dp.server_apply([out], ctx)
     dp.server_apply([_result("b", np.zeros(D))], ctx)
     assert dp.round_metrics()["ldp_epsilon_worst_client"] == pytest.approx(local_epsilon(2.0, 3, 1e-5))
+
+
+def test_a_bad_adaptive_setting_fails_before_any_client_trains():
+    data, model = _digits_setup()
+    dp = CentralDP(noise_multiplier=30.0, adaptive=True)  # clip count noise 10/20 is far too small
+    sim = shoal.Simulation(model, data, shoal.FedAvg(fraction=0.25, sampling="poisson"), transforms=[dp])
+    with pytest.raises(ConfigError, match="2 \\* clip_count_stddev > noise_multiplier"):
+        sim.run(3)
+    assert sim.records == []
