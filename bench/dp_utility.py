@@ -101,16 +101,20 @@ def main() -> None:
         )
     name = "Fashion-MNIST, 1000 clients" if fmnist else "digits, 100 clients"
     print(f"\n{name}, q = 0.1, {args.rounds} rounds, delta = {delta:.2g}, adaptive clipping (median)\n")
-    print(
-        "| target epsilon | noise multiplier | epsilon spent | final clip norm | ||w_T - w_0|| | test accuracy |"
-    )
+    print("| target eps | noise multiplier | eps spent | final clip norm | ||w_T - w_0|| | test accuracy |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         z = f"{r['noise_multiplier']:.3f}" if r["noise_multiplier"] else "-"
         clip = f"{r['clip']:.3f}" if r["clip"] else "-"
-        print(
-            f"| {r['target']:g} | {z} | {r['epsilon']:.3f} | {clip} | {r['drift']:.1f} | {r['accuracy']:.4f} |"
-        )
+        cells = [
+            f"{r['target']:g}",
+            z,
+            f"{r['epsilon']:.3f}",
+            clip,
+            f"{r['drift']:.1f}",
+            f"{r['accuracy']:.4f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "dp_utility.json").write_text(json.dumps(rows))
     _plot(rows, OUT / "dp_utility.png", name)
