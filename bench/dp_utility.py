@@ -74,6 +74,8 @@ def main() -> None:
                 "noise_multiplier": z,
                 "clip_norm": 0.5,
                 "adaptive_clipping": True,
+                # the clip count's noise must satisfy 2 sigma_b > z (Andrew et al.); E[m]/20 = 5 here
+                "clip_count_stddev": max(5.0, z),
             }
         cfg = cfgmod.from_dict(run)
         sim = experiment.build(cfg, None)
