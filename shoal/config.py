@@ -42,6 +42,7 @@ from shoal.privacy.local import LocalDP
 from shoal.privacy.noise import NoiseName
 from shoal.runtime.backend import BackendName
 from shoal.sampling import SamplingKind
+from shoal.secagg.transform import SecureAggregation
 from shoal.strategy.fedavg import FedAvg
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
@@ -249,6 +250,29 @@ class PrivacyConfig:
         )
 
 
+class SecAggMode(enum.StrEnum):
+    NONE = "none"
+    SECAGG = "secagg"  # Bonawitz et al. 2017: every client masks with every other
+    SECAGG_PLUS = "secagg+"  # Bell et al. 2020: masks along a random O(log n)-regular graph
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    mode: SecAggMode = SecAggMode.NONE
+    bound: float = 1.0  # update coordinates are clamped to [-bound, bound] for fixed point
+    threshold: float = 0.5  # share of a client's neighbours that must stay to unmask
+    degree: int | None = None  # secagg+: graph degree (None: about 3 log2 of the cohort)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", SecAggMode(self.mode))
+        SecureAggregation(bound=self.bound, threshold=self.threshold)  # checks the values
+
+    def build(self) -> SecureAggregation | None:
+        if self.mode is SecAggMode.NONE:
+            return None
+        return SecureAggregation(self.bound, self.threshold, self.mode is SecAggMode.SECAGG_PLUS, self.degree)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # 30 rounds of 10 clients x 5 epochs on the MNIST subset reach ~95% in about a minute.
@@ -267,6 +291,7 @@ class RunConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         _at_least("rounds", self.rounds, 1)
@@ -283,6 +308,30 @@ class RunConfig:
                 raise ConfigError(
                     "privacy.mode = 'central' aggregates every result; set drop_stragglers = false"
                 )
+        if self.secagg.mode is not SecAggMode.NONE:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        if self.backend is BackendName.RAY:
+            raise ConfigError(
+                "secure aggregation runs with the inprocess and vectorized backends, not ray (the "
+                "devices' protocol halves live in this process); use backend = 'inprocess'"
+            )
+        if self.privacy.mode is PrivacyMode.CENTRAL:
+            raise ConfigError(
+                "secure aggregation hides each update, so the server cannot clip them for central DP; "
+                "use privacy.mode = 'local' (each device clips and noises) with secagg"
+            )
+        if TransformName.HALF_PRECISION in self.transforms:
+            raise ConfigError("secagg already sends fixed-point vectors; drop the half-precision transform")
+        if (
+            self.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA)
+            or self.strategy.drop_stragglers
+        ):
+            raise ConfigError(
+                f"secure aggregation reveals only the sum; {self.strategy.name.value} with these settings "
+                "needs each client's own vectors"
+            )
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -291,7 +340,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _section_types() -> dict[str, type]:
     hints = _hints(RunConfig)
-    return {name: hints[name] for name in ("data", "model", "strategy", "trainer", "eval", "privacy")}
+    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg")
+    return {name: hints[name] for name in sections}
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:

@@ -187,6 +187,9 @@ class Simulation:
     def _train(self, ctx: RoundContext, record: Record) -> None:
         try:
             tasks = self.strategy.configure_train(ctx, self.params, self.data.client_ids)
+            tctx = self._transform_context(ctx.round)
+            for t in self.transforms:  # e.g. secure aggregation's key stages with this cohort
+                getattr(t, "begin_round", lambda *_: None)(tctx, [task.client_id for task in tasks])
         except RoundAbortedError as exc:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return

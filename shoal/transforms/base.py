@@ -9,10 +9,12 @@ result that stands for the cohort (its ``num_examples`` the cohort's total). A s
 that cannot use one client's result (wrong payload, bad shape) returns a :class:`Failure`
 in its place: one bad client costs its own update, never the round.
 
-Transforms carry their state (residuals, adaptive clip norms) in ``state_dict()``. Two
-optional methods let a transform speak to the round loop: ``round_metrics()`` (what it
-measured this round, e.g. epsilon so far, merged into the round's record) and
-``stop_reason(sampling)`` (why the next round must not run, e.g. a spent privacy budget).
+Transforms carry their state (residuals, adaptive clip norms) in ``state_dict()``. Three
+optional methods let a transform speak to the round loop: ``begin_round(ctx, client_ids)``
+(before clients train: secure aggregation's key stages; may raise RoundAbortedError),
+``round_metrics()`` (what it measured this round, e.g. epsilon so far, merged into the
+round's record) and ``stop_reason(ctx)`` (why the next round must not run, e.g. a spent
+privacy budget).
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""The primitives of secure aggregation, all from ``cryptography``.
+
+- Key agreement: X25519; every shared secret goes through HKDF-SHA256 with a context
+  label (round, purpose, the two parties), so one agreement never keys two things.
+- Share encryption between clients: AES-256-GCM (authenticated), fresh 96-bit nonce, the
+  sender and recipient as associated data, so the server can neither read, alter nor
+  redirect a share.
+- Masks: AES-256-CTR keystream from the full 32-byte seed, read as little-endian uint32
+  (a PRG: masks from seeds that agree on any prefix are unrelated).
+- Fixed-point: a float update in ``[-B, B]`` becomes ``round(x * scale) mod 2^32``; with
+  ``scale = floor((2^31 - 1) / (n B))`` the sum of n clients never wraps, so the signed
+  reading of the masked sum is exact. Resolution is ``1 / scale`` (about 5e-9 x n B).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+RING_BITS = 32
+KEY_BYTES = 32
+
+
+class KeyPair:
+    """An X25519 key pair; ``public`` is the raw 32 bytes that travel."""
+
+    def __init__(self, private: X25519PrivateKey | None = None) -> None:
+        self.private = private or X25519PrivateKey.generate()
+        self.public = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def secret_bytes(self) -> bytes:
+        """The private key's raw 32 bytes: what is secret-shared so survivors can unmask a dropout."""
+        return self.private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    @classmethod
+    def from_secret(cls, raw: bytes) -> KeyPair:
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
+
+def agree(private: X25519PrivateKey, peer_public: bytes, context: bytes) -> bytes:
+    """A 32-byte key both parties derive: HKDF-SHA256 over the X25519 shared secret."""
+    shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"shoal-secagg/" + context
+    ).derive(shared)
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Decrypt and authenticate; raises ``cryptography.exceptions.InvalidTag`` on tampering."""
+    return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+
+
+def mask(seed: bytes, length: int) -> np.ndarray:
+    """``length`` pseudorandom uint32 from a 32-byte seed (AES-256-CTR keystream)."""
+    if len(seed) != KEY_BYTES:
+        raise ValueError(f"mask seeds are {KEY_BYTES} bytes, got {len(seed)}")
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(4 * length)), dtype="<u4").copy()
+
+
+def fixed_point_scale(num_clients: int, bound: float) -> float:
+    """The largest power-of-two scale at which ``num_clients`` values in ``[-bound, bound]``
+    sum without leaving the signed 32-bit range."""
+    if num_clients < 1 or not bound > 0:
+        raise ValueError("fixed point needs num_clients >= 1 and bound > 0")
+    limit = (2 ** (RING_BITS - 1) - 1) / (num_clients * bound)
+    if limit < 1:
+        raise ValueError(f"{num_clients} clients with values up to {bound} overflow a {RING_BITS}-bit ring")
+    return float(2 ** int(np.floor(np.log2(limit))))
+
+
+def encode(values: np.ndarray, bound: float, scale: float) -> np.ndarray:
+    """Floats clamped to ``[-bound, bound]`` as ring elements (uint32, two's complement)."""
+    clamped = np.clip(values.astype(np.float64), -bound, bound)
+    return np.round(clamped * scale).astype(np.int64).astype(np.uint32)
+
+
+def decode(total: np.ndarray, scale: float) -> np.ndarray:
+    """A ring sum read as signed integers, back to floats."""
+    return (total.astype(np.uint32).view(np.int32).astype(np.float64) / scale).astype(np.float32)

@@ -1,0 +1,160 @@
+"""Secure aggregation as an update transform: the server sees masked vectors and their sum only.
+
+Per round, before clients train, the server runs the protocol's key stages with the
+cohort (``begin_round``); each client's half then sends its update as a masked input in
+place of the plain delta; the server half unmasks the cohort's sum and hands the
+strategy one result, the uniform mean of the survivors' updates (SecAgg sums; weights
+would need bounding, as in Bonawitz et al. and DP-FedAvg). If too few clients stay at
+any stage the round is abandoned with the reason and the model stays as it was.
+
+In simulation the devices' protocol halves live in this object (``channel.devices``) and
+the server reaches them through an in-process channel of the same bytes a network would
+carry; ``channel.vanish`` lets tests and benchmarks make clients drop at a chosen stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from shoal.errors import ConfigError, RoundAbortedError, ShoalError
+from shoal.messages import Failure, FailureKind, Scalar, TrainResult
+from shoal.rng import Stream, seed_for
+from shoal.secagg.crypto import decode, fixed_point_scale
+from shoal.secagg.protocol import (
+    SecAggClient,
+    SecAggServer,
+    Stage,
+    ThresholdError,
+    complete_graph,
+    harary_graph,
+    secagg_plus_degree,
+)
+from shoal.secagg.wire import kind_of
+from shoal.transforms.base import AGGREGATED, TransformContext
+
+MASKED = "secagg_masked"  # the payload key of a masked input (the protocol message, as bytes)
+
+
+_STAGE_OF = {"setup": Stage.ADVERTISE, "roster": Stage.SHARE, "deliver": Stage.MASKED, "unmask": Stage.UNMASK}
+
+
+@dataclass
+class LocalDevices:
+    """The in-process channel: client id -> its protocol half. ``vanish`` maps a client to
+    the stage from which it is gone (for tests and benchmarks of dropouts)."""
+
+    devices: dict[str, SecAggClient] = field(default_factory=dict)
+    vanish: dict[str, Stage] = field(default_factory=dict)
+
+    def gone(self, client_id: str, stage: Stage) -> bool:
+        return client_id in self.vanish and self.vanish[client_id] <= stage
+
+    def call(self, client_id: str, message: bytes) -> bytes | None:
+        if self.gone(client_id, _STAGE_OF.get(kind_of(message), Stage.ADVERTISE)):
+            return None
+        try:
+            return self.devices[client_id].handle(message)
+        except (ShoalError, ValueError, KeyError):  # a client that cannot go on drops out
+            return None
+
+
+@dataclass
+class SecureAggregation:
+    bound: float = 1.0  # every update coordinate is clamped to [-bound, bound] (clip first)
+    threshold: float = 0.5  # share of each client's neighbourhood that must stay (t = ceil(.) + 1)
+    plus: bool = False  # SecAgg+: masks and shares along a random O(log n)-regular graph
+    degree: int | None = None  # SecAgg+ graph degree; None: about 3 log2(n)
+    channel: LocalDevices = field(default_factory=LocalDevices)
+    _server: SecAggServer | None = field(default=None, init=False, repr=False)
+    _metrics: dict[str, Scalar] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.bound > 0:
+            raise ConfigError(f"secure aggregation bound must be > 0, got {self.bound}")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"secure aggregation threshold must be in (0, 1), got {self.threshold}")
+
+    def begin_round(self, ctx: TransformContext, client_ids: Sequence[str]) -> None:
+        """Stages 0-1 with the round's cohort; RoundAbortedError if too few take part."""
+        n = len(client_ids)
+        if n < 2:
+            raise RoundAbortedError("secure aggregation needs at least 2 clients in a round")
+        if self.plus:
+            degree = self.degree or secagg_plus_degree(n)
+            degree = min(degree - degree % 2, n - 1)
+            graph = harary_graph(n, degree, seed_for(ctx.run_seed, ctx.round, Stream.TRANSFORM, "secagg+"))
+        else:
+            graph = complete_graph(n)
+        smallest = min(len(v) for v in graph.values())
+        t = min(smallest, max(1, math.ceil(self.threshold * smallest) + 1))
+        self.channel.devices = {cid: SecAggClient() for cid in client_ids}
+        self._server = SecAggServer(
+            ctx.round, list(client_ids), t, ctx.num_params, graph, self.channel, self.bound,
+            fixed_point_scale(n, self.bound),
+        )  # fmt: skip
+        try:
+            self._server.setup()
+        except ThresholdError as exc:
+            raise RoundAbortedError(str(exc)) from None
+        self._metrics = {"secagg_threshold": t, "secagg_degree": smallest}
+
+    # -- on the device: the update leaves masked ---------------------------------------------
+    def client_apply(self, result: TrainResult, ctx: TransformContext) -> TrainResult:
+        device = self.channel.devices.get(result.client_id)
+        if device is None:
+            raise ValueError("this client holds no secure-aggregation keys for the round")
+        if self.channel.gone(result.client_id, Stage.MASKED):
+            raise ConnectionError("dropped before sending its masked input")
+        message = device.masked_input(result.payload["delta"])
+        return replace(result, payload={MASKED: np.frombuffer(message, dtype=np.uint8)})
+
+    # -- on the server: only the sum is ever unmasked -----------------------------------------
+    def server_apply(
+        self, results: Sequence[TrainResult], ctx: TransformContext
+    ) -> list[TrainResult | Failure]:
+        server = self._server
+        if server is None or server.round != ctx.round:
+            return [
+                Failure(r.round, r.client_id, FailureKind.REJECTED, "no secure-aggregation round")
+                for r in results
+            ]
+        masked = {r.client_id: r.payload[MASKED].tobytes() for r in results if MASKED in r.payload}
+        out: list[TrainResult | Failure] = [
+            Failure(r.round, r.client_id, FailureKind.REJECTED, "expected a masked input")
+            for r in results
+            if MASKED not in r.payload
+        ]
+        self._server = None  # one aggregation per round
+        try:
+            total = server.aggregate(masked)
+        except ThresholdError as exc:
+            return out + [
+                Failure(r.round, r.client_id, FailureKind.DROPPED, str(exc))
+                for r in results
+                if MASKED in r.payload
+            ]
+        self._metrics.update(secagg_bytes_down=server.bytes_sent, secagg_bytes_up=server.bytes_received)
+        counted = [r for r in results if r.client_id in masked and r.client_id in server.survivors_of_input]
+        mean = decode(total, server.scale) / np.float32(len(counted))
+        merged = TrainResult(
+            ctx.round,
+            "secagg-aggregate",
+            sum(r.num_examples for r in counted),
+            {"delta": mean.astype(np.float32)},
+            {AGGREGATED: len(counted)},
+        )
+        return [merged, *out]
+
+    def round_metrics(self) -> dict[str, Scalar]:
+        return dict(self._metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # keys are fresh every round; nothing carries over
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
