@@ -131,8 +131,15 @@ class Simulation:
         expected = {t.client_id for t in tasks}
         results: list[TrainResult] = []
         failures = [o for o in outcomes if isinstance(o, Failure)]
+        record["bytes_up"] = 0
         for o in outcomes:
             if isinstance(o, TrainResult):
+                try:  # what would travel: a result the wire cannot carry (a NaN metric) never arrives
+                    size = encoded_size(o)
+                except ValueError as exc:
+                    failures.append(_rejected(o, f"result cannot be encoded: {exc}"))
+                    continue
+                record["bytes_up"] += size
                 if o.round == ctx.round and o.client_id in expected:
                     expected.discard(o.client_id)  # a second answer from one client is refused
                     results.append(o)
@@ -200,7 +207,6 @@ class Simulation:
             clients_completed=clients_in(results),
             clients_failed=len(failures),
             bytes_down=sum(encoded_size(t) for t in tasks),
-            bytes_up=sum(encoded_size(o) for o in outcomes if isinstance(o, TrainResult)),
             failures=[f"{f.client_id}: {f.kind.value}: {f.reason}" for f in failures[:5]],
         )
         try:
