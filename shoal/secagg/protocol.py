@@ -369,12 +369,21 @@ class SecAggServer:
         total = np.zeros(self.dimension, np.uint32)
         for y in inputs.values():
             total += y
+        weights: dict[tuple[int, ...], list[int]] = {}  # Lagrange weights per set of share holders
+
+        def rebuild(shares: list[tuple[int, int]]) -> bytes:
+            used = sorted(shares)[: self.threshold]
+            xs = tuple(x for x, _ in used)
+            if xs not in weights:
+                weights[xs] = shamir.lagrange_at_zero(xs)
+            return shamir.combine([y for _, y in used], weights[xs], KEY_BYTES)
+
         for u, shares in b_shares.items():
             self._need(len(shares), f"unmasking (self-mask of client {self.by_index[u]})")
-            total -= mask(shamir.reconstruct(shares[: self.threshold], KEY_BYTES), self.dimension)
+            total -= mask(rebuild(shares), self.dimension)
         for v, shares in s_shares.items():
             self._need(len(shares), f"unmasking (keys of dropped client {self.by_index[v]})")
-            key = KeyPair.from_secret(shamir.reconstruct(shares[: self.threshold], KEY_BYTES))
+            key = KeyPair.from_secret(rebuild(shares))
             if key.public != self.keys[v][1]:
                 raise ProtocolError(
                     f"the shares of client {self.by_index[v]}'s key do not rebuild its public key"
