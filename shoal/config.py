@@ -35,6 +35,7 @@ import tomli_w
 from shoal.client.trainer import TorchTrainer
 from shoal.data.partition import Partition
 from shoal.errors import ConfigError
+from shoal.he.ckks import HomomorphicAggregation
 from shoal.models import ModelName
 from shoal.privacy.accounting import AccountantName
 from shoal.privacy.central import CentralDP
@@ -274,6 +275,23 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class HEConfig:
+    enabled: bool = (
+        False  # CKKS (TenSEAL): clients encrypt, the server adds, a key authority decrypts the sum
+    )
+    poly_modulus_degree: int = 8192  # ciphertext slots = half of it
+    scale_bits: int = 40  # CKKS precision: about 1e-7 on updates at 2^40
+
+    def build(self) -> HomomorphicAggregation | None:
+        if not self.enabled:
+            return None
+        from shoal.he.ckks import CKKSParams, KeyAuthority
+
+        params = CKKSParams(self.poly_modulus_degree, scale_bits=self.scale_bits)
+        return HomomorphicAggregation(KeyAuthority(params))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     # 30 rounds of 10 clients x 5 epochs on the MNIST subset reach ~95% in about a minute.
     rounds: int = 30
@@ -292,6 +310,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    he: HEConfig = field(default_factory=HEConfig)
 
     def __post_init__(self) -> None:
         _at_least("rounds", self.rounds, 1)
@@ -308,29 +327,34 @@ class RunConfig:
                 raise ConfigError(
                     "privacy.mode = 'central' aggregates every result; set drop_stragglers = false"
                 )
-        if self.secagg.mode is not SecAggMode.NONE:
-            self._check_secagg()
+        if self.secagg.mode is not SecAggMode.NONE and self.he.enabled:
+            raise ConfigError(
+                "choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])"
+            )
+        if self.secagg.mode is not SecAggMode.NONE or self.he.enabled:
+            self._check_hidden_updates()
 
-    def _check_secagg(self) -> None:
-        if self.backend is BackendName.RAY:
+    def _check_hidden_updates(self) -> None:
+        """Secure and homomorphic aggregation show the server only the sum."""
+        if self.secagg.mode is not SecAggMode.NONE and self.backend is BackendName.RAY:
             raise ConfigError(
                 "secure aggregation runs with the inprocess and vectorized backends, not ray (the "
                 "devices' protocol halves live in this process); use backend = 'inprocess'"
             )
         if self.privacy.mode is PrivacyMode.CENTRAL:
             raise ConfigError(
-                "secure aggregation hides each update, so the server cannot clip them for central DP; "
-                "use privacy.mode = 'local' (each device clips and noises) with secagg"
+                "secure and homomorphic aggregation hide each update, so the server cannot clip them for "
+                "central DP; use privacy.mode = 'local' (each device clips and noises)"
             )
         if TransformName.HALF_PRECISION in self.transforms:
-            raise ConfigError("secagg already sends fixed-point vectors; drop the half-precision transform")
+            raise ConfigError("secagg and he encode updates themselves; drop the half-precision transform")
         if (
             self.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA)
             or self.strategy.drop_stragglers
         ):
             raise ConfigError(
-                f"secure aggregation reveals only the sum; {self.strategy.name.value} with these settings "
-                "needs each client's own vectors"
+                "secure and homomorphic aggregation reveal only the sum; "
+                f"{self.strategy.name.value} with these settings needs each client's own vectors"
             )
 
 
@@ -340,7 +364,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _section_types() -> dict[str, type]:
     hints = _hints(RunConfig)
-    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg")
+    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg", "he")
     return {name: hints[name] for name in sections}
 
 

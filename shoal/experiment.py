@@ -107,7 +107,7 @@ def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
     private = cfg.privacy.build(len(data))
     if private is not None:  # first: its client half sees the raw update, its server half the decoded one
         transforms.insert(0, private)
-    secure = cfg.secagg.build()
+    secure = cfg.secagg.build() or cfg.he.build()
     if secure is not None:  # last: masking is the final step on the device, unmasking the first on the server
         transforms.append(secure)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
