@@ -184,8 +184,8 @@ def test_local_dp_noises_on_the_device_and_reports_the_worst_client():
     assert abs(sent.std() / 2.0 - 1) < 0.02  # noise std z * C dominates the clipped signal
     assert sent.mean() == pytest.approx(1 / math.sqrt(D), abs=4 * 2.0 / math.sqrt(D))
     for _ in range(3):
-        dp.server_apply([out], ctx)
-    dp.server_apply([_result("b", np.zeros(D))], ctx)
+        dp.begin_round(ctx, ["a"])
+    dp.begin_round(ctx, ["b"])
     assert dp.round_metrics()["ldp_epsilon_worst_client"] == pytest.approx(local_epsilon(2.0, 3, 1e-5))
 
 
