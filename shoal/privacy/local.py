@@ -60,11 +60,15 @@ class LocalDP:
         )
         return replace(result, payload={**result.payload, "delta": noised.astype(np.float32)})
 
+    def begin_round(self, ctx: TransformContext, client_ids: Sequence[str]) -> None:
+        """Count every selected client as having released an update: an upper bound (a client
+        that fails releases nothing), and it holds when secure aggregation hides who sent what."""
+        for cid in client_ids:
+            self._participation[cid] = self._participation.get(cid, 0) + 1
+
     def server_apply(
         self, results: Sequence[TrainResult], ctx: TransformContext
     ) -> list[TrainResult | Failure]:
-        for r in results:
-            self._participation[r.client_id] = self._participation.get(r.client_id, 0) + 1
         return list(results)
 
     def round_metrics(self) -> dict[str, Scalar]:
