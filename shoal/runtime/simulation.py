@@ -169,9 +169,14 @@ class Simulation:
                 valid.append(r)
         return valid, failures
 
+    def available(self) -> list[str]:
+        """The clients a round may pick: the backend's live devices, or every simulated client."""
+        live = getattr(self.backend, "available", None)
+        return list(live()) if live is not None else self.data.client_ids
+
     def _transform_context(self, round: int) -> TransformContext:
         sampling_for = getattr(self.strategy, "sampling_for", None)
-        sampling = sampling_for(len(self.data.client_ids)) if sampling_for else None
+        sampling = sampling_for(max(len(self.available()), 1)) if sampling_for else None
         return TransformContext(round, self.seed, self.spec.num_params, sampling)
 
     def stop_reason(self) -> str | None:
@@ -193,7 +198,7 @@ class Simulation:
 
     def _train(self, ctx: RoundContext, record: Record) -> None:
         try:
-            tasks = self.strategy.configure_train(ctx, self.params, self.data.client_ids)
+            tasks = self.strategy.configure_train(ctx, self.params, self.available())
             tctx = self._transform_context(ctx.round)
             for t in self.transforms:  # e.g. secure aggregation's key stages with this cohort
                 getattr(t, "begin_round", lambda *_: None)(tctx, [task.client_id for task in tasks])
@@ -231,7 +236,10 @@ class Simulation:
             record.update(self._federated_eval(r))
 
     def _federated_eval(self, r: int) -> Record:
-        holders = [cid for cid, c in self.data.clients.items() if c.test is not None and len(c.test)]
+        live = set(self.available())
+        holders = [
+            cid for cid, c in self.data.clients.items() if c.test is not None and len(c.test) and cid in live
+        ]
         if not holders:
             raise ConfigError("federated evaluation needs client holdouts: set data.holdout_fraction > 0")
         rng = RoundContext(r, self.seed).rng(Stream.FEDERATED_EVAL)

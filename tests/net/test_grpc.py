@@ -1,0 +1,163 @@
+"""The network path on 127.0.0.1 with real sockets and TLS: server, devices, attackers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+import shoal
+from shoal.client import TorchTrainer
+from shoal.errors import ConfigError
+from shoal.messages import TrainResult, TrainTask, encode
+from shoal.net.certs import make_certs
+from shoal.net.client import ClientTLS, Device
+from shoal.net.proto import shoal_pb2 as pb
+from shoal.net.server import EligibilityPolicy, GrpcBackend, TLSFiles, _chunks, start_server
+
+HP = TorchTrainer(lr=0.3, local_epochs=2, batch_size=16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(
+        tmp_path_factory.mktemp("certs"), ["localhost", "127.0.0.1"], [str(i) for i in range(6)]
+    )
+
+
+@pytest.fixture()
+def served(certs):
+    backend = GrpcBackend(round_timeout_s=20)
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(
+        backend, address, TLSFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem")
+    )
+    yield backend, address
+    backend.close()
+    server.stop(grace=None)
+
+
+def device(certs, address, cid, data, model, **kw):
+    tls = ClientTLS(certs / "ca.pem", certs / f"client-{cid}.pem", certs / f"client-{cid}.key")
+    return Device(address, cid, HP.build(model), data[cid], tls=tls, **kw)
+
+
+def test_a_run_over_mutual_tls_equals_the_simulation(served, certs, fed_digits, small_mlp):
+    backend, address = served
+    ids = [str(i) for i in range(5)]
+    data = shoal.data.FederatedDataset(
+        "five", {c: fed_digits[c] for c in ids}, 10, fed_digits.input_shape, fed_digits.test
+    )
+    devices = [device(certs, address, cid, data, small_mlp) for cid in ids]
+    threads = [threading.Thread(target=d.run, daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    assert backend.wait_for_clients(5, timeout_s=20) == ids
+    strategy = shoal.FedAvg(clients_per_round=3)
+    sim = shoal.Simulation(small_mlp, data, strategy, HP, backend=backend, seed=4)
+    networked = sim.run(3)
+    for t in threads:
+        t.join(timeout=20)
+    local = shoal.simulate(small_mlp, data, shoal.FedAvg(clients_per_round=3), HP, rounds=3, seed=4)
+    assert networked.model_hash == local.model_hash
+    assert all(r["clients_completed"] == 3 for r in networked.records)
+    assert sum(d.tasks_done for d in devices) == 9
+
+
+def test_an_ineligible_device_is_never_picked(served, certs, fed_digits, small_mlp):
+    backend, address = served
+    from shoal.net.client import DeviceState
+
+    busy = device(certs, address, "1", fed_digits, small_mlp, state=DeviceState(charging=False))
+    ok = device(certs, address, "2", fed_digits, small_mlp)
+    busy.join(), ok.join()
+    assert backend.available() == ["2"]
+
+
+def test_impostors_strangers_replays_and_plaintext_are_refused(
+    served, certs, tmp_path, fed_digits, small_mlp
+):
+    _, address = served
+    # a certificate for client 3 used to speak as client 4
+    tls = ClientTLS(certs / "ca.pem", certs / "client-3.pem", certs / "client-3.key")
+    impostor = Device(address, "4", HP.build(small_mlp), fed_digits["4"], tls=tls)
+    with pytest.raises(grpc.RpcError) as err:
+        impostor.join()
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # a certificate from another CA: the TLS handshake fails
+    other = make_certs(tmp_path / "other", ["localhost"], ["0"])
+    foreign = ClientTLS(certs / "ca.pem", other / "client-0.pem", other / "client-0.key")
+    stranger = Device(address, "0", HP.build(small_mlp), fed_digits["0"], tls=foreign, call_timeout_s=3)
+    with pytest.raises(grpc.RpcError) as err:
+        stranger.join()
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    # no certificate at all
+    anonymous = Device(
+        address, "0", HP.build(small_mlp), fed_digits["0"], tls=ClientTLS(certs / "ca.pem"), call_timeout_s=3
+    )
+    with pytest.raises(grpc.RpcError):
+        anonymous.join()
+    # plaintext to the TLS port
+    plain = Device(address, "0", HP.build(small_mlp), fed_digits["0"], call_timeout_s=3)
+    with pytest.raises(grpc.RpcError) as err:
+        plain.join()
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    # a replayed request: the same nonce twice
+    honest = device(certs, address, "5", fed_digits, small_mlp)
+    caller = honest._caller()
+    request = pb.JoinRequest(caller=caller, state=honest.state.message())
+    honest.stub.Join(request, timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        honest.stub.Join(request, timeout=5)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "replayed" in err.value.details()
+
+
+def test_bad_uploads_are_refused_and_the_server_keeps_serving(served, certs, fed_digits, small_mlp):
+    backend, address = served
+    d = device(certs, address, "0", fed_digits, small_mlp)
+    d.join()
+    reply = d.stub.PutResult(_chunks("result", b"SHL1garbage", d._caller()), timeout=5)
+    assert not reply.accepted and "malformed" in reply.reason
+    params = np.zeros(3, np.float32)
+    forged = TrainResult(1, "0", 1, {"delta": params})
+    reply = d.stub.PutResult(_chunks("result", encode(forged), d._caller()), timeout=5)
+    assert not reply.accepted and "no outstanding task" in reply.reason
+    huge = pb.Chunk(kind="result", index=0, count=1, total_bytes=1 << 40, data=b"x", caller=d._caller())
+    reply = d.stub.PutResult(iter([huge]), timeout=5)
+    assert not reply.accepted and "exceeds" in reply.reason
+    # and an honest round still works
+    threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
+    (out,) = backend.train([TrainTask(1, "0", shoal.params.from_module(small_mlp())[0], 7)])
+    assert isinstance(out, TrainResult)
+
+
+def test_a_silent_device_costs_a_timeout_not_a_hang(certs, fed_digits, small_mlp):
+    backend = GrpcBackend(round_timeout_s=1.0, policy=EligibilityPolicy())
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(
+        backend, address, TLSFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem")
+    )
+    try:
+        d = device(certs, address, "0", fed_digits, small_mlp)
+        d.join()  # joins, then never asks for work
+        start = time.monotonic()
+        (out,) = backend.train([TrainTask(1, "0", np.zeros(4, np.float32), 1)])
+        assert out.kind.value == "timeout" and time.monotonic() - start < 3
+    finally:
+        backend.close()
+        server.stop(grace=None)
+
+
+def test_the_server_will_not_start_in_plaintext_by_accident():
+    with pytest.raises(ConfigError, match="needs TLS"):
+        start_server(GrpcBackend(), "127.0.0.1:0", None)
