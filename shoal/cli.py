@@ -1,4 +1,4 @@
-"""The ``shoal`` command: ``shoal run``, ``shoal report`` and ``shoal privacy``."""
+"""The ``shoal`` command: ``run``, ``report``, ``privacy``, and ``server``/``client``/``certs``."""
 
 from __future__ import annotations
 
@@ -74,7 +74,109 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="(re)render report.html for a run folder")
     rep.add_argument("run_dir", type=Path)
     _privacy_parser(sub)
+    _net_parsers(sub)
     return p
+
+
+def _net_parsers(sub: Any) -> None:
+    certs = sub.add_parser("certs", help="make a CA and TLS certificates for a test deployment")
+    certs.add_argument("out", type=Path, help="folder for ca.pem, server.pem/.key, client-<id>.pem/.key")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="server name or IP (repeat; default localhost, 127.0.0.1)",
+    )
+    certs.add_argument("--clients", default="", help="comma-separated client ids to make certificates for")
+    srv = sub.add_parser(
+        "server",
+        help="coordinate a federated run with remote devices (gRPC)",
+        description="Run the config's training with devices that connect over the network (shoal client).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  shoal certs certs --clients 0,1,2\n"
+        "  shoal server --config run.toml --address 0.0.0.0:8443 --cert certs/server.pem "
+        "--key certs/server.key --ca certs/ca.pem",
+    )
+    srv.add_argument("--config", type=Path, required=True)
+    srv.add_argument("--address", default="127.0.0.1:8443", help="host:port to listen on")
+    srv.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
+    srv.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _tls_flags(srv, "server")
+    srv.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round waits for devices")
+    srv.add_argument(
+        "--min-clients", type=int, help="devices to wait for before round 1 (default: a round's)"
+    )
+    srv.add_argument("--join-timeout", type=float, default=300.0, help="seconds to wait for them")
+    srv.add_argument("--quiet", action="store_true")
+    cli = sub.add_parser("client", help="a device: join a server and train its tasks")
+    cli.add_argument("--server", required=True, help="host:port of the shoal server")
+    cli.add_argument("--config", type=Path, required=True, help="the server's config (model, trainer, data)")
+    cli.add_argument("--client-id", required=True, help="this device's id (its certificate's common name)")
+    _tls_flags(cli, "client")
+    cli.add_argument("--token", help="per-device token, if the server uses tokens")
+    cli.add_argument("--give-up", type=float, default=600.0, help="seconds without contact before exiting")
+
+
+def _tls_flags(p: argparse.ArgumentParser, side: str) -> None:
+    p.add_argument("--cert", type=Path, help=f"this {side}'s certificate (PEM)")
+    p.add_argument("--key", type=Path, help=f"this {side}'s private key (PEM)")
+    p.add_argument(
+        "--ca",
+        type=Path,
+        help="CA certificate: "
+        + ("require client certificates from it" if side == "server" else "that signed the server's"),
+    )
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC: for a local trial only")
+
+
+def _certs(args: argparse.Namespace, console: Console) -> int:
+    from shoal.net.certs import make_certs
+
+    hosts = args.host or ["localhost", "127.0.0.1"]
+    out = make_certs(args.out, hosts, [c for c in args.clients.split(",") if c])
+    console.print(f"wrote a test CA and certificates for {', '.join(hosts)} into {out}")
+    return 0
+
+
+def _server(args: argparse.Namespace, console: Console) -> int:
+    from shoal.net.run import serve
+    from shoal.net.server import TLSFiles
+
+    if args.insecure == bool(args.cert or args.key):
+        raise ShoalError(
+            "give --cert and --key (and --ca for client certificates), or --insecure for a local trial"
+        )
+    if args.resume and args.out is None:
+        raise ShoalError("--resume continues the run in --out: give --out RUN_DIR")
+    tls = None if args.insecure else TLSFiles(args.cert, args.key, args.ca)
+    cfg = cfgmod.load(args.out / "config.toml") if args.resume and args.out else cfgmod.load(args.config)
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
+              join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
+    console.print(f"[bold]shoal server[/bold] on {args.address}: {cfg.rounds} rounds, run folder {out}")
+    if args.quiet:
+        history = serve(cfg, out, args.address, tls, **kw)
+    else:
+        with RoundProgress(cfg.rounds, 0, console) as bar:
+            history = serve(cfg, out, args.address, tls, callbacks=(bar,), **kw)
+    render(out)
+    _print_result(console, history, out)
+    return 0
+
+
+def _client(args: argparse.Namespace, console: Console) -> int:
+    from shoal.net.client import ClientTLS
+    from shoal.net.run import device_for
+
+    if not args.insecure and args.ca is None:
+        raise ShoalError(
+            "give --ca (the CA that signed the server's certificate), or --insecure for a local trial"
+        )
+    tls = None if args.insecure else ClientTLS(args.ca, args.cert, args.key)
+    device = device_for(cfgmod.load(args.config), args.client_id, args.server, tls, args.token)
+    done = device.run(give_up_s=args.give_up)
+    console.print(f"client {args.client_id}: {done} tasks done; the server finished the run")
+    return 0
 
 
 def _privacy_parser(sub: Any) -> None:
@@ -201,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, console)
         if args.command == "privacy":
             return _privacy(args, console)
+        if args.command in ("certs", "server", "client"):
+            return {"certs": _certs, "server": _server, "client": _client}[args.command](args, console)
         console.print(f"wrote {render(args.run_dir)}")
         return 0
     except ShoalError as exc:

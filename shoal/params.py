@@ -67,6 +67,10 @@ class ParamSpec:
             for name, shape, off, size in zip(self.names, self.shapes, self.offsets, self.sizes, strict=True)
         }
 
+    def digest(self) -> str:
+        """A short fingerprint of the layout: a server and its devices must agree on it."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
     def to_json(self) -> str:
         return json.dumps({"names": list(self.names), "shapes": [list(s) for s in self.shapes]})
 

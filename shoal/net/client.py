@@ -77,7 +77,9 @@ class Device:
         token: str | None = None,
         state: DeviceState | None = None,
         call_timeout_s: float = 60.0,
+        model_digest: str = "",  # ParamSpec.digest() of the local model; checked against the server's
     ) -> None:
+        self.model_digest = model_digest
         self.client_id, self.app, self.data = client_id, app, data
         self.transforms, self.run_seed = list(transforms), run_seed
         self.state = state or DeviceState()
@@ -103,6 +105,11 @@ class Device:
     def join(self) -> pb.JoinReply:
         request = pb.JoinRequest(caller=self._caller(), state=self.state.message())
         reply: pb.JoinReply = self.stub.Join(request, timeout=self.call_timeout_s, metadata=self.metadata)
+        if self.model_digest and reply.model_hash and reply.model_hash != self.model_digest:
+            raise ConfigError(
+                f"the server trains a different model (layout {reply.model_hash}, ours {self.model_digest}); "
+                "use the server's config"
+            )
         return reply
 
     def _fetch(self, wait_ms: int) -> TrainTask | EvalTask | str:

@@ -128,6 +128,7 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
         self._devices: dict[str, _Device] = {}
         self._pending: dict[str, _Pending] = {}  # client id -> its one outstanding task
         self._nonces: dict[str, dict[int, float]] = {}  # client id -> recent nonce -> when seen
+        self._told: set[str] = set()  # devices told the run is over
         self._cond = threading.Condition()
         self._closed = False
 
@@ -183,9 +184,19 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
         return self._dispatch(tasks)
 
     def close(self) -> None:
+        """End the run: every device that asks for work from now on is told it is done."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def wait_until_told(self, timeout_s: float) -> None:
+        """After :meth:`close`, give devices (some may be in backoff) time to hear "done"."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cond:
+                if set(self._devices) <= self._told:
+                    return
+            time.sleep(0.1)
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # devices keep their own state
@@ -274,6 +285,9 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
             else:
                 p = None
         if p is None:
+            if self._closed:
+                with self._cond:
+                    self._told.add(cid)
             yield pb.Chunk(kind="done" if self._closed else "none", retry_after_ms=500)
             return
         yield from _chunks("task", payload)

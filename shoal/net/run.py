@@ -1,0 +1,123 @@
+"""``shoal server`` and ``shoal client`` as Python calls: the same config file drives both.
+
+The server builds the run exactly as a simulation would (model, strategy, transforms,
+evaluation, checkpoints) but with a :class:`~shoal.net.server.GrpcBackend` in place of
+simulated clients. A device loads the same config for the model, trainer and the
+client halves of the transforms, and its own data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal import config as cfgmod
+from shoal import experiment
+from shoal.data.datasets import ClientData
+from shoal.errors import ConfigError
+from shoal.net.client import ClientTLS, Device
+from shoal.net.server import GrpcBackend, TLSFiles, start_server
+from shoal.params import ParamSpec
+from shoal.runtime.history import History
+from shoal.runtime.simulation import Callback, Simulation
+
+log = logging.getLogger("shoal.server")
+
+
+def _refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
+    if cfg.secagg.mode is not cfgmod.SecAggMode.NONE:
+        raise ConfigError("secure aggregation over the network is not available yet; run it in simulation")
+
+
+def serve(
+    cfg: cfgmod.RunConfig,
+    out_dir: Path,
+    address: str,
+    tls: TLSFiles | None,
+    *,
+    insecure: bool = False,
+    round_timeout_s: float = 60.0,
+    min_clients: int | None = None,
+    join_timeout_s: float = 300.0,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> History:
+    """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``."""
+    _refuse_unsupported(cfg)
+    data = experiment.load_data(cfg)  # the central test set, the shapes, the enrolled client ids
+    model = experiment.model_factory(cfg, data)
+    strategy = cfg.strategy.build(cfg.trainer.local_epochs)
+    transforms = experiment.make_transforms(cfg.transforms)
+    private = cfg.privacy.build(len(data))
+    if private is not None:
+        transforms.insert(0, private)
+    spec_hash = ParamSpec.from_module(model()).digest()
+    backend = GrpcBackend(
+        round_timeout_s=round_timeout_s,
+        expected_clients=data.client_ids,
+        model_hash=spec_hash,
+        run_id=out_dir.name,
+    )
+    server = start_server(backend, address, tls, insecure)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
+        (out_dir / "metrics.jsonl").write_text("")
+    try:
+        need = min_clients or strategy.num_to_select(len(data))
+        log.info("listening on %s; waiting for %d devices", address, need)
+        joined = backend.wait_for_clients(need, join_timeout_s)
+        if len(joined) < need:
+            raise ConfigError(f"only {len(joined)} of {need} devices joined within {join_timeout_s:g} s")
+        sim = Simulation(
+            model,
+            data,
+            strategy,
+            cfg.trainer,
+            seed=cfg.seed,
+            transforms=transforms,
+            backend=backend,
+            eval_every=cfg.eval.eval_every,
+            out_dir=out_dir,
+        )
+        if resume:
+            sim.resume()
+        return sim.run(cfg.rounds, callbacks)
+    finally:
+        backend.close()
+        backend.wait_until_told(timeout_s=15.0)  # devices in backoff still learn that the run ended
+        server.stop(grace=2.0)
+
+
+def device_for(
+    cfg: cfgmod.RunConfig,
+    client_id: str,
+    address: str,
+    tls: ClientTLS | None,
+    token: str | None = None,
+    data: ClientData | None = None,
+) -> Device:
+    """A device for ``client_id``: its shard of the config's data unless ``data`` is given."""
+    _refuse_unsupported(cfg)
+    federated = experiment.load_data(cfg)
+    if data is None:
+        if client_id not in federated.clients:
+            raise ConfigError(f"client {client_id!r} is not in this config's data ({len(federated)} clients)")
+        data = federated[client_id]
+    model = experiment.model_factory(cfg, federated)
+    transforms = experiment.make_transforms(cfg.transforms)
+    private = cfg.privacy.build(len(federated))
+    if private is not None:
+        transforms.insert(0, private)
+    return Device(
+        address,
+        client_id,
+        cfg.trainer.build(model),
+        data,
+        transforms=transforms,
+        run_seed=cfg.seed,
+        tls=tls,
+        token=token,
+        model_digest=ParamSpec.from_module(model()).digest(),
+    )
