@@ -102,6 +102,9 @@ def _net_parsers(sub: Any) -> None:
     srv.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
     srv.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _tls_flags(srv, "server")
+    srv.add_argument(
+        "--tokens", type=Path, help="per-device tokens: lines of '<client id> <sha256 of token>'"
+    )
     srv.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round waits for devices")
     srv.add_argument(
         "--min-clients", type=int, help="devices to wait for before round 1 (default: a round's)"
@@ -153,6 +156,7 @@ def _server(args: argparse.Namespace, console: Console) -> int:
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
+    kw["tokens"] = _read_tokens(args.tokens)
     console.print(f"[bold]shoal server[/bold] on {args.address}: {cfg.rounds} rounds, run folder {out}")
     if args.quiet:
         history = serve(cfg, out, args.address, tls, **kw)
@@ -162,6 +166,22 @@ def _server(args: argparse.Namespace, console: Console) -> int:
     render(out)
     _print_result(console, history, out)
     return 0
+
+
+def _read_tokens(path: Path | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ShoalError(f"token file {path} does not exist")
+    tokens = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or line.startswith("#"):
+            continue
+        if len(parts) != 2 or len(parts[1]) != 64:
+            raise ShoalError(f"{path}:{n}: expected '<client id> <64 hex digits of sha256(token)>'")
+        tokens[parts[0]] = parts[1].lower()
+    return tokens
 
 
 def _client(args: argparse.Namespace, console: Console) -> int:

@@ -9,7 +9,7 @@ client halves of the transforms, and its own data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from shoal import config as cfgmod
@@ -42,6 +42,7 @@ def serve(
     join_timeout_s: float = 300.0,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    tokens: Mapping[str, str] | None = None,
 ) -> History:
     """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``."""
     _refuse_unsupported(cfg)
@@ -58,6 +59,7 @@ def serve(
         expected_clients=data.client_ids,
         model_hash=spec_hash,
         run_id=out_dir.name,
+        tokens=tokens,
     )
     server = start_server(backend, address, tls, insecure)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -161,3 +161,22 @@ def test_a_silent_device_costs_a_timeout_not_a_hang(certs, fed_digits, small_mlp
 def test_the_server_will_not_start_in_plaintext_by_accident():
     with pytest.raises(ConfigError, match="needs TLS"):
         start_server(GrpcBackend(), "127.0.0.1:0", None)
+
+
+def test_per_device_tokens(certs, fed_digits, small_mlp):
+    import hashlib
+
+    backend = GrpcBackend(tokens={"0": hashlib.sha256(b"s3cret").hexdigest()})
+    address = f"127.0.0.1:{free_port()}"
+    server_tls = TLSFiles(certs / "server.pem", certs / "server.key")  # no client certificates: tokens
+    server = start_server(backend, address, server_tls)
+    try:
+        tls = ClientTLS(certs / "ca.pem")
+        Device(address, "0", HP.build(small_mlp), fed_digits["0"], tls=tls, token="s3cret").join()
+        for cid, token in (("0", "guess"), ("1", "s3cret"), ("0", None)):
+            with pytest.raises(grpc.RpcError) as err:
+                Device(address, cid, HP.build(small_mlp), fed_digits[cid], tls=tls, token=token).join()
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert backend.available() == ["0"]
+    finally:
+        server.stop(grace=None)

@@ -103,3 +103,49 @@ def test_server_killed_mid_run_resumes_and_devices_reconnect(tmp_path, capsys):
     assert len([json.loads(line) for line in metrics.read_text().splitlines()]) == 8
     assert main(["run", "--config", str(config), "--out", str(tmp_path / "sim"), "--quiet"]) == 0
     assert networked == _hash(capsys.readouterr().out)
+
+
+def test_killed_and_frozen_devices_cost_their_updates_not_the_run(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.replace("rounds = 8", "rounds = 4").replace("num_clients = 4", "num_clients = 6")
+                      .replace("clients_per_round = 3", "clients_per_round = 6"))  # fmt: skip
+    address = f"127.0.0.1:{_port()}"
+    out = tmp_path / "out"
+    serve = [
+        "server",
+        "--config",
+        str(config),
+        "--address",
+        address,
+        "--out",
+        str(out),
+        "--quiet",
+        "--insecure",
+    ]
+    server = _shoal(*serve, "--min-clients", "6", "--round-timeout", "5", log=tmp_path / "s.log")
+    clients = {
+        c: _shoal("client", "--server", address, "--config", str(config), "--client-id", c, "--insecure",
+                  log=tmp_path / f"c{c}.log")
+        for c in "012345"
+    }  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+            time.sleep(0.05)
+        clients["0"].send_signal(signal.SIGKILL)
+        clients["1"].send_signal(signal.SIGKILL)
+        clients["2"].send_signal(signal.SIGSTOP)  # alive, connected, silent
+        start = time.monotonic()
+        assert server.wait(timeout=90) == 0, (tmp_path / "s.log").read_text()
+        took = time.monotonic() - start
+    finally:
+        clients["2"].send_signal(signal.SIGCONT)
+        for p in [server, *clients.values()]:
+            if p.poll() is None:
+                p.kill()
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert len(records) == 4 and not any(r["aborted"] for r in records)
+    # after the kills every round commits with the three live devices, each within its deadline
+    assert [r["clients_completed"] for r in records[-2:]] == [3, 3]
+    assert all(r["wall_time"] < 5 + 3 for r in records) and took < 4 * 8 + 20
