@@ -9,6 +9,7 @@ client halves of the transforms, and its own data.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from shoal import experiment
 from shoal.data.datasets import ClientData
 from shoal.errors import ConfigError
 from shoal.net.client import ClientTLS, Device
+from shoal.net.registry import Registry
 from shoal.net.server import GrpcBackend, TLSFiles, start_server
 from shoal.params import ParamSpec
 from shoal.runtime.history import History
@@ -43,6 +45,7 @@ def serve(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     tokens: Mapping[str, str] | None = None,
+    over_selection: float = 0.0,
 ) -> History:
     """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``."""
     _refuse_unsupported(cfg)
@@ -54,20 +57,30 @@ def serve(
     if private is not None:
         transforms.insert(0, private)
     spec_hash = ParamSpec.from_module(model()).digest()
+    wanted = strategy.num_to_select(len(data))
+    commit_fraction = 1.0
+    if over_selection > 0:  # pick more devices than needed; the round commits with the first answers
+        if over_selection > 1:
+            raise ConfigError(f"over_selection is a share of the cohort in (0, 1], got {over_selection}")
+        strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
+        commit_fraction = wanted / strategy.clients_per_round
+    out_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(out_dir / "server.sqlite")
     backend = GrpcBackend(
         round_timeout_s=round_timeout_s,
         expected_clients=data.client_ids,
         model_hash=spec_hash,
         run_id=out_dir.name,
         tokens=tokens,
+        registry=registry,
+        commit_fraction=commit_fraction,
     )
     server = start_server(backend, address, tls, insecure)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
         (out_dir / "metrics.jsonl").write_text("")
     try:
-        need = min_clients or strategy.num_to_select(len(data))
+        need = min_clients or wanted
         log.info("listening on %s; waiting for %d devices", address, need)
         joined = backend.wait_for_clients(need, join_timeout_s)
         if len(joined) < need:
@@ -85,11 +98,12 @@ def serve(
         )
         if resume:
             sim.resume()
-        return sim.run(cfg.rounds, callbacks)
+        return sim.run(cfg.rounds, [registry.round_finished, *callbacks])
     finally:
         backend.close()
         backend.wait_until_told(timeout_s=15.0)  # devices in backoff still learn that the run ended
         server.stop(grace=2.0)
+        registry.close()
 
 
 def device_for(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from shoal.messages import (
 )
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.proto import shoal_pb2_grpc as rpc
+from shoal.net.registry import Registry
 
 log = logging.getLogger("shoal.server")
 
@@ -120,7 +122,12 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
         max_result_bytes: int = 1 << 30,
         model_hash: str = "",
         run_id: str = "",
+        registry: Registry | None = None,
+        commit_fraction: float = 1.0,  # a round returns once this share of its tasks answered
     ) -> None:
+        if not 0 < commit_fraction <= 1:
+            raise ConfigError(f"commit_fraction must be in (0, 1], got {commit_fraction}")
+        self.registry, self.commit_fraction = registry, commit_fraction
         self.round_timeout_s, self.policy = round_timeout_s, policy
         self.tokens = dict(tokens) if tokens is not None else None
         self.expected = set(expected_clients) if expected_clients is not None else None
@@ -155,26 +162,29 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
                 self._pending[t.client_id] = _Pending(t)
             self._cond.notify_all()
             deadline = time.monotonic() + self.round_timeout_s
-            while not self._closed and any(self._pending[t.client_id].outcome is None for t in tasks):
+            enough = math.ceil(self.commit_fraction * len(tasks))  # over-selection: the first m answers
+            while (
+                not self._closed
+                and sum(self._pending[t.client_id].outcome is not None for t in tasks) < enough
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(timeout=min(left, 0.5))
+            in_time = time.monotonic() < deadline and not self._closed
             out: list[Any] = []
             for t in tasks:
                 p = self._pending.pop(t.client_id)
                 if p.outcome is not None:
                     out.append(p.outcome)
+                    continue
+                if in_time:
+                    why = "not needed: enough devices answered first (over-selection)"
                 else:
-                    why = "never fetched its task" if not p.sent else "did not answer"
-                    out.append(
-                        Failure(
-                            t.round,
-                            t.client_id,
-                            FailureKind.TIMEOUT,
-                            f"{why} within {self.round_timeout_s:g} s",
-                        )
-                    )
+                    why = (
+                        "never fetched its task" if not p.sent else "did not answer"
+                    ) + f" in {self.round_timeout_s:g} s"
+                out.append(Failure(t.round, t.client_id, FailureKind.TIMEOUT, why))
             return out
 
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
@@ -250,6 +260,8 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
         cid = self._guard(context, request.caller)
         with self._cond:
             self._devices[cid] = _Device(request.state, time.monotonic())
+        if self.registry is not None:
+            self.registry.seen(cid, request.state, joined=True)
         log.info("client %s joined from %s", cid, context.peer())
         return pb.JoinReply(run_id=self.run_id, model_hash=self.model_hash, heartbeat_ms=10_000)
 
@@ -260,6 +272,8 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
         self._guard(context, request.caller)
         with self._cond:
             self._devices[cid].state, self._devices[cid].last_seen = request.state, time.monotonic()
+        if self.registry is not None:
+            self.registry.seen(cid, request.state)
         return pb.HeartbeatReply(known=True)
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:

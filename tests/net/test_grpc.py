@@ -180,3 +180,34 @@ def test_per_device_tokens(certs, fed_digits, small_mlp):
         assert backend.available() == ["0"]
     finally:
         server.stop(grace=None)
+
+
+def test_over_selection_commits_with_the_first_answers(certs, fed_digits, small_mlp, tmp_path):
+    from shoal.net.registry import Registry
+
+    registry = Registry(tmp_path / "server.sqlite")
+    backend = GrpcBackend(round_timeout_s=30, commit_fraction=0.5, registry=registry)
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(
+        backend, address, TLSFiles(certs / "server.pem", certs / "server.key", certs / "ca.pem")
+    )
+    try:
+        fast = [device(certs, address, c, fed_digits, small_mlp) for c in ("0", "1")]
+        slow = [device(certs, address, c, fed_digits, small_mlp) for c in ("2", "3")]
+        for d in fast + slow:
+            d.join()  # the slow two join but never ask for work
+        for d in fast:
+            threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
+        params = shoal.params.from_module(small_mlp())[0]
+        start = time.monotonic()
+        out = backend.train([TrainTask(1, c, params, 9) for c in "0123"])
+        assert time.monotonic() - start < 15  # far below the 30 s deadline
+        assert [type(o).__name__ for o in out] == ["TrainResult", "TrainResult", "Failure", "Failure"]
+        assert "over-selection" in out[2].reason
+        assert sorted(registry.devices()) == ["0", "1", "2", "3"]
+        registry.round_finished({"round": 1, "aborted": False, "clients_completed": 2})
+        assert registry.rounds() == [(1, False, 2)]
+    finally:
+        backend.close()
+        server.stop(grace=None)
+        registry.close()
