@@ -211,3 +211,31 @@ def test_over_selection_commits_with_the_first_answers(certs, fed_digits, small_
         backend.close()
         server.stop(grace=None)
         registry.close()
+
+
+def test_fuzzed_and_type_confused_uploads_never_hurt_the_server(served, certs, fed_digits, small_mlp):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from shoal.messages import EvalTask
+
+    backend, address = served
+    d = device(certs, address, "0", fed_digits, small_mlp)
+    d.join()
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.binary(max_size=2048), st.integers(0, 5000))
+    def upload(blob, announced):
+        first = pb.Chunk(
+            kind="result", index=0, count=1, total_bytes=announced, data=blob, caller=d._caller()
+        )
+        reply = d.stub.PutResult(iter([first]), timeout=5)
+        assert not reply.accepted and reply.reason
+
+    upload()
+    params = np.zeros(4, np.float32)
+    for wrong in (TrainTask(1, "0", params, 1), EvalTask(1, "0", params)):  # tasks are not results
+        assert not d.stub.PutResult(_chunks("result", encode(wrong), d._caller()), timeout=5).accepted
+    threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
+    (out,) = backend.train([TrainTask(1, "0", shoal.params.from_module(small_mlp())[0], 3)])
+    assert isinstance(out, TrainResult)  # and the server still serves an honest round

@@ -165,3 +165,11 @@ def test_a_client_never_reveals_both_secrets_of_one_peer():
     greedy = pack("unmask", {"survivors": [1, 2], "dropped": [2]})  # b as survivor and dropout
     with pytest.raises(ProtocolError, match="both survivor and dropout"):
         channel.devices["a"].handle(greedy)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512))
+def test_the_secagg_wire_format_refuses_garbage_cleanly(blob):
+    for data in (blob, b"SAG1" + blob):
+        with contextlib.suppress(WireFormatError):
+            unpack(data, "masked")
