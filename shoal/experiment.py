@@ -100,16 +100,24 @@ def make_backend(
     return InProcessBackend(cfg.trainer, model, data, transforms, cfg.seed)
 
 
+def build_transforms(cfg: RunConfig, num_clients: int) -> list[UpdateTransform]:
+    """The update path in order: DP first (its client half sees the raw update, its server
+    half the decoded one), the named transforms, then secure or homomorphic aggregation
+    (masking is the last step on the device, unmasking the first on the server)."""
+    transforms = make_transforms(cfg.transforms)
+    private = cfg.privacy.build(num_clients)
+    if private is not None:
+        transforms.insert(0, private)
+    hidden = cfg.secagg.build() or cfg.he.build()
+    if hidden is not None:
+        transforms.append(hidden)
+    return transforms
+
+
 def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
     data = load_data(cfg)
     model = model_factory(cfg, data)
-    transforms = make_transforms(cfg.transforms)
-    private = cfg.privacy.build(len(data))
-    if private is not None:  # first: its client half sees the raw update, its server half the decoded one
-        transforms.insert(0, private)
-    secure = cfg.secagg.build() or cfg.he.build()
-    if secure is not None:  # last: masking is the final step on the device, unmasking the first on the server
-        transforms.append(secure)
+    transforms = build_transforms(cfg, len(data))
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
     return Simulation(
         model,

@@ -29,7 +29,7 @@ import numpy as np
 
 from shoal.errors import ConfigError
 from shoal.messages import Failure, FailureKind, Scalar, TrainResult
-from shoal.transforms.base import AGGREGATED, TransformContext
+from shoal.transforms.base import TransformContext, merged_result
 
 CIPHERTEXT = "he_ciphertext"  # payload key: the client's encrypted update, framed as bytes
 
@@ -162,14 +162,7 @@ class HomomorphicAggregation:
         summed = self.authority.decrypt_sum(frame([v.serialize() for v in total]), ctx.num_params)
         mean = (summed / len(counted)).astype(np.float32)
         self._metrics = {"he_ciphertext_bytes": int(np.mean([r.payload[CIPHERTEXT].size for r in counted]))}
-        merged = TrainResult(
-            ctx.round,
-            "he-aggregate",
-            sum(r.num_examples for r in counted),
-            {"delta": mean},
-            {AGGREGATED: len(counted)},
-        )
-        return [merged, *out]
+        return [merged_result(ctx.round, "he-aggregate", counted, mean), *out]
 
     def round_metrics(self) -> dict[str, Scalar]:
         return dict(self._metrics)

@@ -28,8 +28,10 @@ log = logging.getLogger("shoal.server")
 
 
 def _refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
-    if cfg.secagg.mode is not cfgmod.SecAggMode.NONE:
-        raise ConfigError("secure aggregation over the network is not available yet; run it in simulation")
+    if cfg.secagg.mode is not cfgmod.SecAggMode.NONE or cfg.he.enabled:
+        raise ConfigError(
+            "secure and homomorphic aggregation over the network are not available yet; simulate them"
+        )
 
 
 def serve(
@@ -52,10 +54,7 @@ def serve(
     data = experiment.load_data(cfg)  # the central test set, the shapes, the enrolled client ids
     model = experiment.model_factory(cfg, data)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
-    transforms = experiment.make_transforms(cfg.transforms)
-    private = cfg.privacy.build(len(data))
-    if private is not None:
-        transforms.insert(0, private)
+    transforms = experiment.build_transforms(cfg, len(data))
     spec_hash = ParamSpec.from_module(model()).digest()
     wanted = strategy.num_to_select(len(data))
     commit_fraction = 1.0
@@ -122,10 +121,7 @@ def device_for(
             raise ConfigError(f"client {client_id!r} is not in this config's data ({len(federated)} clients)")
         data = federated[client_id]
     model = experiment.model_factory(cfg, federated)
-    transforms = experiment.make_transforms(cfg.transforms)
-    private = cfg.privacy.build(len(federated))
-    if private is not None:
-        transforms.insert(0, private)
+    transforms = experiment.build_transforms(cfg, len(federated))
     return Device(
         address,
         client_id,

@@ -30,7 +30,7 @@ from shoal.messages import Failure, FailureKind, Scalar, TrainResult
 from shoal.privacy.accounting import AccountantName, PrivacyLedger
 from shoal.privacy.clipping import clip
 from shoal.privacy.noise import NoiseName, NoiseSource, noise_source
-from shoal.transforms.base import AGGREGATED, TransformContext
+from shoal.transforms.base import TransformContext, merged_result
 
 
 @dataclass
@@ -121,14 +121,7 @@ class CentralDP:
             fraction = noisy / expected + 0.5
             self.clip_norm = bound * math.exp(-self.clip_lr * (fraction - self.target_quantile))
             self._metrics["dp_unclipped_fraction"] = fraction  # noised: safe to release
-        merged = TrainResult(
-            ctx.round,
-            "dp-aggregate",
-            sum(r.num_examples for r in kept),
-            {"delta": mean},
-            {AGGREGATED: len(kept)},
-        )
-        return [merged, *out]
+        return [merged_result(ctx.round, "dp-aggregate", kept, mean), *out]
 
     def _noise(self, ctx: TransformContext) -> NoiseSource:
         if self._source is None:

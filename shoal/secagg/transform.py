@@ -35,7 +35,7 @@ from shoal.secagg.protocol import (
     secagg_plus_degree,
 )
 from shoal.secagg.wire import kind_of
-from shoal.transforms.base import AGGREGATED, TransformContext
+from shoal.transforms.base import TransformContext, merged_result
 
 MASKED = "secagg_masked"  # the payload key of a masked input (the protocol message, as bytes)
 
@@ -141,14 +141,7 @@ class SecureAggregation:
         self._metrics.update(secagg_bytes_down=server.bytes_sent, secagg_bytes_up=server.bytes_received)
         counted = [r for r in results if r.client_id in masked and r.client_id in server.survivors_of_input]
         mean = decode(total, server.scale) / np.float32(len(counted))
-        merged = TrainResult(
-            ctx.round,
-            "secagg-aggregate",
-            sum(r.num_examples for r in counted),
-            {"delta": mean.astype(np.float32)},
-            {AGGREGATED: len(counted)},
-        )
-        return [merged, *out]
+        return [merged_result(ctx.round, "secagg-aggregate", counted, mean), *out]
 
     def round_metrics(self) -> dict[str, Scalar]:
         return dict(self._metrics)

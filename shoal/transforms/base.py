@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from shoal.messages import Failure, TrainResult
 from shoal.sampling import Sampling
 
@@ -35,6 +37,18 @@ class TransformContext:
     run_seed: int
     num_params: int
     sampling: Sampling | None = None  # how the round picked its clients (None on the device)
+
+
+def merged_result(round: int, name: str, counted: Sequence[TrainResult], delta: np.ndarray) -> TrainResult:
+    """One result standing for a cohort whose aggregate the transform computed itself
+    (central DP, secure or homomorphic aggregation): ``delta`` is the cohort's mean."""
+    return TrainResult(
+        round,
+        name,
+        sum(r.num_examples for r in counted),
+        {"delta": delta.astype(np.float32)},
+        {AGGREGATED: len(counted)},
+    )
 
 
 def clients_in(results: Sequence[TrainResult]) -> int:
