@@ -120,6 +120,7 @@ def _net_parsers(sub: Any) -> None:
     _tls_flags(cli, "client")
     cli.add_argument("--token", help="per-device token, if the server uses tokens")
     cli.add_argument("--give-up", type=float, default=600.0, help="seconds without contact before exiting")
+    cli.add_argument("--state-dir", type=Path, help="keep this device's client state (SCAFFOLD's c_i) here")
 
 
 def _tls_flags(p: argparse.ArgumentParser, side: str) -> None:
@@ -196,7 +197,11 @@ def _client(args: argparse.Namespace, console: Console) -> int:
             "give --ca (the CA that signed the server's certificate), or --insecure for a local trial"
         )
     tls = None if args.insecure else ClientTLS(args.ca, args.cert, args.key)
-    device = device_for(cfgmod.load(args.config), args.client_id, args.server, tls, args.token)
+    if args.state_dir is not None:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+    device = device_for(
+        cfgmod.load(args.config), args.client_id, args.server, tls, args.token, state_dir=args.state_dir
+    )
     done = device.run(give_up_s=args.give_up)
     console.print(f"client {args.client_id}: {done} tasks done; the server finished the run")
     return 0

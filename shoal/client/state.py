@@ -10,9 +10,13 @@ saved in checkpoints; on a real device, the device's own storage.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from shoal.errors import CheckpointError
 
 ClientState = dict[str, np.ndarray]
 
@@ -49,6 +53,26 @@ class ClientStateStore:
         # Ids go in a list rather than in keys: a client id may contain any character.
         ids = sorted(self._by_client)
         return {"ids": ids, "states": [self._by_client[cid] for cid in ids]}
+
+    def save(self, path: str | Path, client_id: str) -> None:
+        """One client's state as safetensors, atomically: how a device keeps it across restarts."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in self._by_client.get(client_id, {}).items()}, str(tmp)
+        )
+        tmp.replace(path)
+
+    def load(self, path: str | Path, client_id: str) -> None:
+        """Restore a client's state saved by :meth:`save` (nothing if the file is absent)."""
+        path = Path(path)
+        if path.is_file():
+            try:
+                self.put(client_id, dict(load_file(str(path))))
+            except Exception as exc:  # safetensors raises its own error types
+                raise CheckpointError(
+                    f"client state {path} is unreadable: {exc}; delete it to start afresh"
+                ) from exc
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ids, states = state.get("ids", []), state.get("states", [])

@@ -78,8 +78,9 @@ class Device:
         state: DeviceState | None = None,
         call_timeout_s: float = 60.0,
         model_digest: str = "",  # ParamSpec.digest() of the local model; checked against the server's
+        state_file: Path | None = None,  # where this device keeps its client state across restarts
     ) -> None:
-        self.model_digest = model_digest
+        self.model_digest, self.state_file = model_digest, state_file
         self.client_id, self.app, self.data = client_id, app, data
         self.transforms, self.run_seed = list(transforms), run_seed
         self.state = state or DeviceState()
@@ -95,6 +96,8 @@ class Device:
             self.channel = grpc.secure_channel(address, tls.credentials(), options=opts)
         self.stub = rpc.CoordinatorStub(self.channel)
         self.client_states = ClientStateStore()  # this device's own state, across rounds
+        if state_file is not None:
+            self.client_states.load(state_file, client_id)
         self.tasks_done = 0
 
     def _caller(self) -> pb.Caller:
@@ -148,6 +151,8 @@ class Device:
             reply, kind = self._put(encode(trained)), "trained"
             if reply.accepted and isinstance(trained, TrainResult):  # kept only if the server took it
                 self.client_states.put(self.client_id, state)
+                if self.state_file is not None:
+                    self.client_states.save(self.state_file, self.client_id)
         else:
             reply, kind = self._put(encode(run_evaluate(self.app, task, self.data))), "evaluated"
         if not reply.accepted:

@@ -112,6 +112,7 @@ def device_for(
     tls: ClientTLS | None,
     token: str | None = None,
     data: ClientData | None = None,
+    state_dir: Path | None = None,
 ) -> Device:
     """A device for ``client_id``: its shard of the config's data unless ``data`` is given."""
     _refuse_unsupported(cfg)
@@ -132,4 +133,5 @@ def device_for(
         tls=tls,
         token=token,
         model_digest=ParamSpec.from_module(model()).digest(),
+        state_file=state_dir / f"client-{client_id}.state.safetensors" if state_dir else None,
     )

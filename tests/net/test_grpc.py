@@ -239,3 +239,47 @@ def test_fuzzed_and_type_confused_uploads_never_hurt_the_server(served, certs, f
     threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
     (out,) = backend.train([TrainTask(1, "0", shoal.params.from_module(small_mlp())[0], 3)])
     assert isinstance(out, TrainResult)  # and the server still serves an honest round
+
+
+def test_scaffold_state_lives_on_devices_and_survives_their_restart(
+    served, certs, fed_digits, small_mlp, tmp_path
+):
+    backend, address = served
+    ids = ["0", "1", "2"]
+    data = shoal.data.FederatedDataset(
+        "three", {c: fed_digits[c] for c in ids}, 10, fed_digits.input_shape, fed_digits.test
+    )
+
+    def start_devices():
+        devs = [
+            device(certs, address, c, data, small_mlp, state_file=tmp_path / f"{c}.safetensors") for c in ids
+        ]
+        threads = [threading.Thread(target=d.run, kwargs={"max_tasks": 2}, daemon=True) for d in devs]
+        for t in threads:
+            t.start()
+        return threads
+
+    first = start_devices()
+    backend.wait_for_clients(3, 20)
+    sim = shoal.Simulation(small_mlp, data, shoal.Scaffold(clients_per_round=3), HP, backend=backend, seed=1)
+    sim.step(4), sim.step(4)
+    for t in first:  # the devices finish and go away; new ones pick up their state from disk
+        t.join(timeout=20)
+    assert all((tmp_path / f"{c}.safetensors").is_file() for c in ids)
+    start_devices()
+    sim.step(4), sim.step(4)
+    local = shoal.simulate(small_mlp, data, shoal.Scaffold(clients_per_round=3), HP, rounds=4, seed=1)
+    assert shoal.model_hash(sim.params) == local.model_hash
+
+
+def test_models_larger_than_grpc_messages_cross_in_chunks(served, certs, fed_digits):
+    backend, address = served
+    big = lambda: shoal.models.mlp((1, 8, 8), 10, (20_000,))  # noqa: E731  1.5M parameters, 5.9 MB
+    params = shoal.params.from_module(big())[0]
+    assert params.nbytes > 4 * 2**20
+    d = Device(address, "0", TorchTrainer(local_steps=1, batch_size=8).build(big), fed_digits["0"],
+               tls=ClientTLS(certs / "ca.pem", certs / "client-0.pem", certs / "client-0.key"))  # fmt: skip
+    d.join()
+    threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
+    (out,) = backend.train([TrainTask(1, "0", params, 2)])
+    assert isinstance(out, TrainResult) and out.payload["delta"].shape == params.shape
