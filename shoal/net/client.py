@@ -23,11 +23,13 @@ import grpc
 from shoal.client.app import ClientApp, run_evaluate, run_train
 from shoal.client.state import ClientStateStore
 from shoal.data.datasets import ClientData
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, ShoalError
 from shoal.messages import EvalTask, TrainResult, TrainTask, decode, encode
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.proto import shoal_pb2_grpc as rpc
 from shoal.net.server import CHUNK_BYTES, _chunks
+from shoal.secagg.protocol import SecAggClient
+from shoal.secagg.transform import SecureAggregation
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.client")
@@ -115,28 +117,30 @@ class Device:
             )
         return reply
 
-    def _fetch(self, wait_ms: int) -> TrainTask | EvalTask | str:
-        """The next task, or "none" / "done"."""
+    def _fetch(self, wait_ms: int) -> TrainTask | EvalTask | bytes | str:
+        """The next task, a secure-aggregation message (bytes), or "none" / "done"."""
         request = pb.TaskRequest(caller=self._caller(), wait_ms=wait_ms)
         stream = self.stub.GetTask(
             request, timeout=self.call_timeout_s + wait_ms / 1000, metadata=self.metadata
         )
-        parts, total = [], 0
+        parts, total, kind = [], 0, ""
         for chunk in stream:
-            if chunk.kind != "task":
+            if chunk.kind not in ("task", "secagg"):
                 return str(chunk.kind)
-            total = chunk.total_bytes
+            total, kind = chunk.total_bytes, chunk.kind
             parts.append(chunk.data)
         payload = b"".join(parts)
         if len(payload) != total:
             raise ConnectionError("task stream ended early")
+        if kind == "secagg":
+            return payload
         task = decode(payload)
         if isinstance(task, TrainTask | EvalTask) and task.client_id == self.client_id:
             return task
         raise ConnectionError("the server sent something other than a task for this device")
 
-    def _put(self, payload: bytes) -> pb.PutReply:
-        chunks: Iterator[pb.Chunk] = _chunks("result", payload, self._caller())
+    def _put(self, payload: bytes, kind: str = "result") -> pb.PutReply:
+        chunks: Iterator[pb.Chunk] = _chunks(kind, payload, self._caller())
         reply: pb.PutReply = self.stub.PutResult(chunks, timeout=self.call_timeout_s, metadata=self.metadata)
         return reply
 
@@ -145,6 +149,14 @@ class Device:
         task = self._fetch(wait_ms)
         if isinstance(task, str):
             return task
+        if isinstance(task, bytes):  # a secure-aggregation stage: this device's protocol half answers
+            try:
+                answer = self._secagg_half().handle(task)
+            except (ShoalError, ValueError, KeyError) as exc:
+                log.warning("secure aggregation message refused: %s", exc)
+                answer = b""  # the server counts us out of this round
+            self._put(answer, "secagg")
+            return "protocol"
         state = self.client_states.get(self.client_id)
         if isinstance(task, TrainTask):
             trained = run_train(self.app, task, self.data, self.transforms, self.run_seed, state)
@@ -159,6 +171,15 @@ class Device:
             log.warning("server refused our result for round %d: %s", task.round, reply.reason)
         self.tasks_done += 1
         return kind
+
+    def _secagg_half(self) -> SecAggClient:
+        for t in self.transforms:
+            if isinstance(t, SecureAggregation):
+                halves: dict[str, SecAggClient] = t.channel.devices
+                if self.client_id not in halves:
+                    halves[self.client_id] = SecAggClient()
+                return halves[self.client_id]
+        raise ValueError("the server runs secure aggregation but this device was not configured for it")
 
     def run(self, max_tasks: int | None = None, give_up_s: float = 600.0) -> int:
         """Serve tasks until the server says the run is done (or ``max_tasks``); reconnect

@@ -19,19 +19,18 @@ from shoal.data.datasets import ClientData
 from shoal.errors import ConfigError
 from shoal.net.client import ClientTLS, Device
 from shoal.net.registry import Registry
-from shoal.net.server import GrpcBackend, TLSFiles, start_server
+from shoal.net.server import GrpcBackend, NetworkChannel, TLSFiles, start_server
 from shoal.params import ParamSpec
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
+from shoal.secagg.transform import SecureAggregation
 
 log = logging.getLogger("shoal.server")
 
 
 def _refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
-    if cfg.secagg.mode is not cfgmod.SecAggMode.NONE or cfg.he.enabled:
-        raise ConfigError(
-            "secure and homomorphic aggregation over the network are not available yet; simulate them"
-        )
+    if cfg.he.enabled:  # the key authority would have to be its own network party
+        raise ConfigError("homomorphic aggregation over the network is not available yet; simulate it")
 
 
 def serve(
@@ -74,6 +73,9 @@ def serve(
         registry=registry,
         commit_fraction=commit_fraction,
     )
+    for t in transforms:  # secure aggregation reaches the devices through the backend
+        if isinstance(t, SecureAggregation):
+            t.channel = NetworkChannel(backend, timeout_s=min(30.0, round_timeout_s))
     server = start_server(backend, address, tls, insecure)
     if not resume:
         (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))

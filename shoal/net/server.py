@@ -96,9 +96,27 @@ class _Device:
 
 @dataclass
 class _Pending:
-    task: TrainTask | EvalTask
+    task: TrainTask | EvalTask | bytes  # bytes: a secure-aggregation protocol message
     sent: bool = False
-    outcome: TrainResult | EvalResult | Failure | None = None
+    outcome: TrainResult | EvalResult | Failure | bytes | None = None
+
+
+@dataclass
+class NetworkChannel:
+    """Secure aggregation's channel over the network: each call is one message to a device
+    through :meth:`GrpcBackend.exchange`. Devices hold their own protocol halves."""
+
+    backend: GrpcBackend
+    timeout_s: float = 30.0
+
+    def open_round(self, client_ids: Sequence[str]) -> None:
+        pass  # every device makes its own keys when the setup message reaches it
+
+    def gone(self, client_id: str, stage: Any) -> bool:
+        return False
+
+    def call(self, client_id: str, message: bytes) -> bytes | None:
+        return self.backend.exchange(client_id, message, self.timeout_s)
 
 
 class Refused(Exception):
@@ -186,6 +204,20 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
                     ) + f" in {self.round_timeout_s:g} s"
                 out.append(Failure(t.round, t.client_id, FailureKind.TIMEOUT, why))
             return out
+
+    def exchange(self, client_id: str, message: bytes, timeout_s: float) -> bytes | None:
+        """Deliver one protocol message to a device and wait for its answer (secure
+        aggregation's key and unmasking stages); None if it does not answer in time."""
+        with self._cond:
+            if client_id in self._pending or client_id not in self._devices:
+                return None
+            self._pending[client_id] = p = _Pending(message)
+            self._cond.notify_all()
+            deadline = time.monotonic() + timeout_s
+            while p.outcome is None and not self._closed and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(deadline - time.monotonic(), 0.5))
+            self._pending.pop(client_id, None)
+            return p.outcome if isinstance(p.outcome, bytes) else None
 
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
         return self._dispatch(tasks)
@@ -289,7 +321,8 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
                 p = self._pending.get(cid)
                 if p is not None and not p.sent:
                     p.sent = True
-                    payload = encode(p.task)
+                    kind = "secagg" if isinstance(p.task, bytes) else "task"
+                    payload = p.task if isinstance(p.task, bytes) else encode(p.task)
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -304,12 +337,12 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
                     self._told.add(cid)
             yield pb.Chunk(kind="done" if self._closed else "none", retry_after_ms=500)
             return
-        yield from _chunks("task", payload)
+        yield from _chunks(kind, payload)
 
     def PutResult(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PutReply:
         parts: list[bytes] = []
         first = next(request_iterator, None)
-        if first is None or first.kind != "result":
+        if first is None or first.kind not in ("result", "secagg"):
             return pb.PutReply(accepted=False, reason="expected result chunks")
         cid = self._guard(context, first.caller)
         if first.total_bytes > self.max_result_bytes:
@@ -320,11 +353,21 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
         size = 0
         for chunk in _chain(first, request_iterator):
             size += len(chunk.data)
-            if size > first.total_bytes or chunk.kind != "result":
+            if size > first.total_bytes or chunk.kind != first.kind:
                 return pb.PutReply(accepted=False, reason="chunks do not match the announced result")
             parts.append(chunk.data)
         if size != first.total_bytes:
             return pb.PutReply(accepted=False, reason="result truncated")
+        if first.kind == "secagg":  # the protocol validates its own messages
+            with self._cond:
+                p = self._pending.get(cid)
+                if p is None or not isinstance(p.task, bytes) or not p.sent or p.outcome is not None:
+                    return pb.PutReply(
+                        accepted=False, reason="no outstanding protocol message for this client"
+                    )
+                p.outcome = b"".join(parts)
+                self._cond.notify_all()
+            return pb.PutReply(accepted=True)
         try:
             msg = decode(b"".join(parts), max_bytes=self.max_result_bytes)
         except WireFormatError as exc:
@@ -332,7 +375,7 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
             return pb.PutReply(accepted=False, reason=f"malformed result: {exc}")
         with self._cond:
             p = self._pending.get(cid)
-            if p is None or not p.sent or p.outcome is not None:
+            if p is None or isinstance(p.task, bytes) or not p.sent or p.outcome is not None:
                 return pb.PutReply(accepted=False, reason="no outstanding task for this client")
             if (
                 not isinstance(msg, TrainResult | EvalResult | Failure)

@@ -51,6 +51,10 @@ class LocalDevices:
     devices: dict[str, SecAggClient] = field(default_factory=dict)
     vanish: dict[str, Stage] = field(default_factory=dict)
 
+    def open_round(self, client_ids: Sequence[str]) -> None:
+        """Fresh protocol halves for a round's cohort (simulated devices)."""
+        self.devices = {cid: SecAggClient() for cid in client_ids}
+
     def gone(self, client_id: str, stage: Stage) -> bool:
         return client_id in self.vanish and self.vanish[client_id] <= stage
 
@@ -69,7 +73,9 @@ class SecureAggregation:
     threshold: float = 0.5  # share of each client's neighbourhood that must stay (t = ceil(.) + 1)
     plus: bool = False  # SecAgg+: masks and shares along a random O(log n)-regular graph
     degree: int | None = None  # SecAgg+ graph degree; None: about 3 log2(n)
-    channel: LocalDevices = field(default_factory=LocalDevices)
+    # How the server reaches devices: the in-process LocalDevices in simulation (it also
+    # holds a real device's own protocol half), the network backend's channel in deployment.
+    channel: Any = field(default_factory=LocalDevices)
     _server: SecAggServer | None = field(default=None, init=False, repr=False)
     _metrics: dict[str, Scalar] = field(default_factory=dict, init=False, repr=False)
 
@@ -92,7 +98,7 @@ class SecureAggregation:
             graph = complete_graph(n)
         smallest = min(len(v) for v in graph.values())
         t = min(smallest, max(1, math.ceil(self.threshold * smallest) + 1))
-        self.channel.devices = {cid: SecAggClient() for cid in client_ids}
+        self.channel.open_round(client_ids)
         self._server = SecAggServer(
             ctx.round, list(client_ids), t, ctx.num_params, graph, self.channel, self.bound,
             fixed_point_scale(n, self.bound),

@@ -283,3 +283,33 @@ def test_models_larger_than_grpc_messages_cross_in_chunks(served, certs, fed_dig
     threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
     (out,) = backend.train([TrainTask(1, "0", params, 2)])
     assert isinstance(out, TrainResult) and out.payload["delta"].shape == params.shape
+
+
+def test_secure_aggregation_over_the_network(served, certs, fed_digits, small_mlp):
+    from shoal.net.server import NetworkChannel
+    from shoal.secagg import SecureAggregation
+    from shoal.strategy import mean
+
+    backend, address = served
+    ids = ["0", "1", "2", "3"]
+    data = shoal.data.FederatedDataset(
+        "four", {c: fed_digits[c] for c in ids}, 10, fed_digits.input_shape, fed_digits.test
+    )
+    devices = [
+        device(certs, address, c, data, small_mlp, transforms=[SecureAggregation(bound=4.0)]) for c in ids
+    ]
+    threads = [threading.Thread(target=d.run, daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    backend.wait_for_clients(4, 20)
+    on_server = SecureAggregation(bound=4.0, channel=NetworkChannel(backend, timeout_s=10))
+    sim = shoal.Simulation(small_mlp, data, shoal.FedAvg(clients_per_round=4, aggregator=mean), HP,
+                           backend=backend, seed=2, transforms=[on_server])  # fmt: skip
+    networked = sim.run(2)
+    for t in threads:
+        t.join(timeout=20)
+    assert all(r["clients_completed"] == 4 and not r["aborted"] for r in networked.records)
+    plain = shoal.simulate(
+        small_mlp, data, shoal.FedAvg(clients_per_round=4, aggregator=mean), HP, rounds=2, seed=2
+    )
+    np.testing.assert_allclose(networked.params, plain.params, atol=1e-5)
