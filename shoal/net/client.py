@@ -27,7 +27,7 @@ from shoal.errors import ConfigError, ShoalError
 from shoal.messages import EvalTask, TrainResult, TrainTask, decode, encode
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.proto import shoal_pb2_grpc as rpc
-from shoal.net.server import CHUNK_BYTES, _chunks
+from shoal.net.server import CHUNK_BYTES, chunk_stream
 from shoal.secagg.protocol import SecAggClient
 from shoal.secagg.transform import SecureAggregation
 from shoal.transforms.base import UpdateTransform
@@ -140,7 +140,7 @@ class Device:
         raise ConnectionError("the server sent something other than a task for this device")
 
     def _put(self, payload: bytes, kind: str = "result") -> pb.PutReply:
-        chunks: Iterator[pb.Chunk] = _chunks(kind, payload, self._caller())
+        chunks: Iterator[pb.Chunk] = chunk_stream(kind, payload, self._caller())
         reply: pb.PutReply = self.stub.PutResult(chunks, timeout=self.call_timeout_s, metadata=self.metadata)
         return reply
 

@@ -337,7 +337,7 @@ class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
                     self._told.add(cid)
             yield pb.Chunk(kind="done" if self._closed else "none", retry_after_ms=500)
             return
-        yield from _chunks(kind, payload)
+        yield from chunk_stream(kind, payload)
 
     def PutResult(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PutReply:
         parts: list[bytes] = []
@@ -396,7 +396,7 @@ def _chain(first: pb.Chunk, rest: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:
     yield from rest
 
 
-def _chunks(kind: str, payload: bytes, caller: pb.Caller | None = None) -> Iterator[pb.Chunk]:
+def chunk_stream(kind: str, payload: bytes, caller: pb.Caller | None = None) -> Iterator[pb.Chunk]:
     count = max(1, -(-len(payload) // CHUNK_BYTES))
     for i in range(count):
         yield pb.Chunk(

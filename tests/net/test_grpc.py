@@ -17,7 +17,7 @@ from shoal.messages import TrainResult, TrainTask, encode
 from shoal.net.certs import make_certs
 from shoal.net.client import ClientTLS, Device
 from shoal.net.proto import shoal_pb2 as pb
-from shoal.net.server import EligibilityPolicy, GrpcBackend, TLSFiles, _chunks, start_server
+from shoal.net.server import EligibilityPolicy, GrpcBackend, TLSFiles, chunk_stream, start_server
 
 HP = TorchTrainer(lr=0.3, local_epochs=2, batch_size=16)
 
@@ -126,11 +126,11 @@ def test_bad_uploads_are_refused_and_the_server_keeps_serving(served, certs, fed
     backend, address = served
     d = device(certs, address, "0", fed_digits, small_mlp)
     d.join()
-    reply = d.stub.PutResult(_chunks("result", b"SHL1garbage", d._caller()), timeout=5)
+    reply = d.stub.PutResult(chunk_stream("result", b"SHL1garbage", d._caller()), timeout=5)
     assert not reply.accepted and "malformed" in reply.reason
     params = np.zeros(3, np.float32)
     forged = TrainResult(1, "0", 1, {"delta": params})
-    reply = d.stub.PutResult(_chunks("result", encode(forged), d._caller()), timeout=5)
+    reply = d.stub.PutResult(chunk_stream("result", encode(forged), d._caller()), timeout=5)
     assert not reply.accepted and "no outstanding task" in reply.reason
     huge = pb.Chunk(kind="result", index=0, count=1, total_bytes=1 << 40, data=b"x", caller=d._caller())
     reply = d.stub.PutResult(iter([huge]), timeout=5)
@@ -235,7 +235,7 @@ def test_fuzzed_and_type_confused_uploads_never_hurt_the_server(served, certs, f
     upload()
     params = np.zeros(4, np.float32)
     for wrong in (TrainTask(1, "0", params, 1), EvalTask(1, "0", params)):  # tasks are not results
-        assert not d.stub.PutResult(_chunks("result", encode(wrong), d._caller()), timeout=5).accepted
+        assert not d.stub.PutResult(chunk_stream("result", encode(wrong), d._caller()), timeout=5).accepted
     threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
     (out,) = backend.train([TrainTask(1, "0", shoal.params.from_module(small_mlp())[0], 3)])
     assert isinstance(out, TrainResult)  # and the server still serves an honest round
