@@ -140,7 +140,7 @@ def run(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> Hi
     (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
     (out_dir / "metrics.jsonl").write_text("")
     sim = build(cfg, out_dir)
-    return _finish(sim, sim.run(cfg.rounds, callbacks), cfg, out_dir)
+    return finish(sim, sim.run(cfg.rounds, callbacks), cfg, out_dir)
 
 
 def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callback] = ()) -> History:
@@ -150,10 +150,11 @@ def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callbac
     cfg = cfgmod.load(out_dir / "config.toml")
     sim = build(cfg, out_dir)
     sim.resume()
-    return _finish(sim, sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
+    return finish(sim, sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
 
 
-def _finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> History:
+def finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> History:
+    """Write summary.json for a finished run (simulated or served) and return the history."""
     summary = {
         "rounds": len(history.records),
         "final_test_accuracy": history.final_accuracy,

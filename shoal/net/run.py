@@ -99,7 +99,8 @@ def serve(
         )
         if resume:
             sim.resume()
-        return sim.run(cfg.rounds, [registry.round_finished, *callbacks])
+        history = sim.run(cfg.rounds, [registry.round_finished, *callbacks])
+        return experiment.finish(sim, history, cfg, out_dir)
     finally:
         backend.close()
         backend.wait_until_told(timeout_s=15.0)  # devices in backoff still learn that the run ended
