@@ -20,6 +20,7 @@ from shoal.runtime.backend import Backend, BackendName, InProcessBackend
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
 from shoal.runtime.vectorized import VectorizedBackend, cohort_supported, cohorts_pay_off
+from shoal.strategy.base import Strategy
 from shoal.transforms.base import UpdateTransform
 from shoal.transforms.half_precision import HalfPrecision
 
@@ -114,19 +115,30 @@ def build_transforms(cfg: RunConfig, num_clients: int) -> list[UpdateTransform]:
     return transforms
 
 
-def build(cfg: RunConfig, out_dir: Path | None) -> Simulation:
-    data = load_data(cfg)
+def build(
+    cfg: RunConfig,
+    out_dir: Path | None,
+    *,
+    data: FederatedDataset | None = None,
+    strategy: Strategy | None = None,
+    transforms: list[UpdateTransform] | None = None,
+    backend: Backend | None = None,
+) -> Simulation:
+    """The run ``cfg`` describes; the server passes its own pieces (the network backend)."""
+    data = data or load_data(cfg)
     model = model_factory(cfg, data)
-    transforms = build_transforms(cfg, len(data))
-    strategy = cfg.strategy.build(cfg.trainer.local_epochs)
+    transforms = transforms if transforms is not None else build_transforms(cfg, len(data))
+    fedavg = cfg.strategy.build(cfg.trainer.local_epochs)
+    if backend is None:
+        backend = make_backend(cfg, model, data, transforms, fedavg.num_to_select(len(data)))
     return Simulation(
         model,
         data,
-        strategy,
+        strategy or fedavg,
         cfg.trainer,
         seed=cfg.seed,
         transforms=transforms,
-        backend=make_backend(cfg, model, data, transforms, strategy.num_to_select(len(data))),
+        backend=backend,
         eval_every=cfg.eval.eval_every,
         federated_eval_every=cfg.eval.federated_eval_every,
         federated_eval_clients=cfg.eval.federated_eval_clients,

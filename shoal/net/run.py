@@ -22,7 +22,7 @@ from shoal.net.registry import Registry
 from shoal.net.server import GrpcBackend, NetworkChannel, TLSFiles, start_server
 from shoal.params import ParamSpec
 from shoal.runtime.history import History
-from shoal.runtime.simulation import Callback, Simulation
+from shoal.runtime.simulation import Callback
 from shoal.secagg.transform import SecureAggregation
 
 log = logging.getLogger("shoal.server")
@@ -86,16 +86,8 @@ def serve(
         joined = backend.wait_for_clients(need, join_timeout_s)
         if len(joined) < need:
             raise ConfigError(f"only {len(joined)} of {need} devices joined within {join_timeout_s:g} s")
-        sim = Simulation(
-            model,
-            data,
-            strategy,
-            cfg.trainer,
-            seed=cfg.seed,
-            transforms=transforms,
-            backend=backend,
-            eval_every=cfg.eval.eval_every,
-            out_dir=out_dir,
+        sim = experiment.build(
+            cfg, out_dir, data=data, strategy=strategy, transforms=transforms, backend=backend
         )
         if resume:
             sim.resume()

@@ -125,6 +125,7 @@ class Simulation:
         tasks: Sequence[TrainTask],
         outcomes: Sequence[TrainResult | Failure],
         ctx: RoundContext,
+        tctx: TransformContext,
         record: Record,
     ) -> tuple[list[TrainResult], list[Failure]]:
         """Keep results that answer a task of this round and decode to a usable delta."""
@@ -152,7 +153,7 @@ class Simulation:
         example_eps = [float(r.metrics["example_epsilon"]) for r in results if "example_epsilon" in r.metrics]
         if example_eps:  # DP-SGD on the devices: the least private client so far this round
             record["example_epsilon_max"] = max(example_eps)
-        decoded, rejected = apply_server(self.transforms, results, self._transform_context(ctx.round))
+        decoded, rejected = apply_server(self.transforms, results, tctx)
         for t in self.transforms:
             record.update(getattr(t, "round_metrics", dict)())
         failures += rejected
@@ -174,14 +175,14 @@ class Simulation:
         live = getattr(self.backend, "available", None)
         return list(live()) if live is not None else self.data.client_ids
 
-    def _transform_context(self, round: int) -> TransformContext:
+    def _transform_context(self, round: int, population: int) -> TransformContext:
         sampling_for = getattr(self.strategy, "sampling_for", None)
-        sampling = sampling_for(max(len(self.available()), 1)) if sampling_for else None
+        sampling = sampling_for(max(population, 1)) if sampling_for else None
         return TransformContext(round, self.seed, self.spec.num_params, sampling)
 
     def stop_reason(self) -> str | None:
         """Why the next round must not run (a transform's spent budget), or None."""
-        ctx = self._transform_context(self.round + 1)
+        ctx = self._transform_context(self.round + 1, len(self.available()))
         for t in self.transforms:
             reason: str | None = getattr(t, "stop_reason", lambda _: None)(ctx)
             if reason:
@@ -198,15 +199,16 @@ class Simulation:
 
     def _train(self, ctx: RoundContext, record: Record) -> None:
         try:
-            tasks = self.strategy.configure_train(ctx, self.params, self.available())
-            tctx = self._transform_context(ctx.round)
+            available = self.available()
+            tasks = self.strategy.configure_train(ctx, self.params, available)
+            tctx = self._transform_context(ctx.round, len(available))  # one per round
             for t in self.transforms:  # e.g. secure aggregation's key stages with this cohort
                 getattr(t, "begin_round", lambda *_: None)(tctx, [task.client_id for task in tasks])
         except RoundAbortedError as exc:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
         outcomes = self.backend.train(tasks)
-        results, failures = self._collect(tasks, outcomes, ctx, record)
+        results, failures = self._collect(tasks, outcomes, ctx, tctx, record)
         record.update(
             clients_selected=len(tasks),
             clients_completed=clients_in(results),
