@@ -26,6 +26,7 @@ import enum
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from shoal.privacy.central import CentralDP
 from shoal.privacy.local import LocalDP
 from shoal.privacy.noise import NoiseName
 from shoal.runtime.backend import BackendName
+from shoal.runtime.validation import ResultLimits
 from shoal.sampling import SamplingKind
 from shoal.secagg.transform import SecureAggregation
 from shoal.strategy.fedavg import FedAvg
@@ -145,10 +147,20 @@ class StrategyConfig:
     beta1: float = 0.9  # fedadam/fedyogi/fedadagrad: first-moment decay
     beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
     tau: float = 1e-3  # fedadam/fedyogi/fedadagrad: adaptivity floor
+    # What one client may claim. None: the largest client's training set in this config's
+    # data (no honest client is refused); results above it are rejected, never clamped.
+    max_num_examples: int | None = None
+    max_update_norm: float | None = None  # refuse updates longer than this (L2); None: no bound
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", StrategyName(self.name))  # a plain string works too
         self.build()  # the constructors check every value
+        self.limits([1])
+
+    def limits(self, sizes: Iterable[int]) -> ResultLimits:
+        """The claims a client may make, for a population of these training-set sizes."""
+        cap = self.max_num_examples if self.max_num_examples is not None else max(max(sizes, default=1), 1)
+        return ResultLimits(max_num_examples=cap, max_update_norm=self.max_update_norm)
 
     def build(self, local_epochs: int = 1) -> FedAvg:
         """The strategy; stragglers draw their epochs from 1..``local_epochs`` (the trainer's)."""

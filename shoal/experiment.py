@@ -143,6 +143,7 @@ def build(
         federated_eval_every=cfg.eval.federated_eval_every,
         federated_eval_clients=cfg.eval.federated_eval_clients,
         out_dir=out_dir,
+        limits=cfg.strategy.limits(data.sizes().values()),
     )
 
 

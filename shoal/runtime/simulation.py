@@ -33,6 +33,7 @@ from shoal.rng import Stream
 from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.runtime.history import History, MetricsLog, Record
+from shoal.runtime.validation import ResultLimits, check_claims, check_payload
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.transforms.base import TransformContext, UpdateTransform, apply_server, clients_in
 
@@ -69,10 +70,13 @@ class Simulation:
         federated_eval_clients: int = 10,
         out_dir: str | Path | None = None,
         params: np.ndarray | None = None,
+        limits: ResultLimits | None = None,
     ) -> None:
         if eval_every < 0 or federated_eval_every < 0 or federated_eval_clients < 1:
             raise ConfigError("eval_every and federated_eval_every must be >= 0, federated_eval_clients >= 1")
         self.data, self.strategy, self.seed = data, strategy, seed
+        # Unless told otherwise, no client may claim more examples than the largest one holds.
+        self.limits = limits or ResultLimits(max_num_examples=max(max(data.sizes().values()), 1))
         self.transforms = list(transforms)
         self.eval_every, self.fed_every, self.fed_clients = (
             eval_every,
@@ -141,11 +145,14 @@ class Simulation:
                     failures.append(_rejected(o, f"result cannot be encoded: {exc}"))
                     continue
                 record["bytes_up"] += size
-                if o.round == ctx.round and o.client_id in expected:
+                if o.round != ctx.round or o.client_id not in expected:
+                    failures.append(_rejected(o, "result for no task of this round"))
+                elif reason := check_claims(o, self.limits):
+                    expected.discard(o.client_id)
+                    failures.append(_rejected(o, reason))
+                else:
                     expected.discard(o.client_id)  # a second answer from one client is refused
                     results.append(o)
-                else:
-                    failures.append(_rejected(o, "result for no task of this round"))
         n = sum(r.num_examples for r in results)
         losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
         if losses and n:  # before the server transforms, which may merge the cohort into one result
@@ -161,11 +168,8 @@ class Simulation:
         # Every vector the strategy reads is checked here, so a strategy sees only sound input.
         keys: Sequence[str] = getattr(self.strategy, "payload_keys", ("delta",))
         for r in decoded:
-            bad = [k for k in keys if not self._usable(r.payload.get(k))]
-            if bad:
-                failures.append(
-                    _rejected(r, f"{bad[0]!r} is not a finite float32 vector of the model's size")
-                )
+            if reason := check_payload(r, self.spec.num_params, keys):
+                failures.append(_rejected(r, reason))
             else:
                 valid.append(r)
         return valid, failures
@@ -188,14 +192,6 @@ class Simulation:
             if reason:
                 return reason
         return None
-
-    def _usable(self, delta: np.ndarray | None) -> bool:
-        return (
-            delta is not None
-            and delta.dtype == np.float32
-            and delta.shape == (self.spec.num_params,)
-            and bool(np.isfinite(delta).all())
-        )
 
     def _train(self, ctx: RoundContext, record: Record) -> None:
         try:
@@ -295,15 +291,17 @@ class Simulation:
                     cb(record)
                 if stop_when is not None and stop_when(record):
                     break
+            # Saved before the backend closes: closing tells network devices the run is over,
+            # and a server killed between the two must not leave a finished run without its model.
+            if self.out_dir is not None:
+                save_params(
+                    self.out_dir / "model.safetensors",
+                    self.params,
+                    self.spec,
+                    {"model_hash": model_hash(self.params)},
+                )
         finally:
             self.backend.close()
-        if self.out_dir is not None:
-            save_params(
-                self.out_dir / "model.safetensors",
-                self.params,
-                self.spec,
-                {"model_hash": model_hash(self.params)},
-            )
         return History(list(self.records), self.params, self.spec, self.out_dir, stopped=self.stopped)
 
 
@@ -323,6 +321,7 @@ def simulate(
     out_dir: str | Path | None = None,
     resume: bool = False,
     params: np.ndarray | None = None,
+    limits: ResultLimits | None = None,
     callbacks: Sequence[Callback] = (),
     stop_when: StopCondition | None = None,
 ) -> History:
@@ -348,6 +347,7 @@ def simulate(
         federated_eval_clients=federated_eval_clients,
         out_dir=out_dir,
         params=params,
+        limits=limits,
     )
     if resume:
         sim.resume()

@@ -1,0 +1,72 @@
+"""What a client may claim: one check, shared by the round loop and the network server.
+
+A result is only as trustworthy as the device that sent it. Before any result reaches a
+server transform or a strategy, its vectors must be finite float32 vectors of the model's
+size, its ``num_examples`` (the weight it asks for in the average) at most the cap, and
+its update's L2 norm, when a bound is set, at most the bound. The network server runs the
+same check when the upload arrives, so a device learns at once that its result was
+refused (``PutReply.accepted = False`` with the reason) and keeps its old client state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shoal.errors import ConfigError
+from shoal.messages import TrainResult
+
+
+@dataclass(frozen=True)
+class ResultLimits:
+    """Bounds on what one client's result may claim.
+
+    ``max_num_examples``: a larger claim is refused (an attacker's 10^9 would otherwise
+    outweigh every honest client). ``max_update_norm``: refuse updates whose ``delta`` is
+    longer than this in L2 (None: no bound; a defence of its own, Sun et al. 2019, that
+    also stops a finite but huge update)."""
+
+    max_num_examples: int | None = None
+    max_update_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_examples is not None and self.max_num_examples < 1:
+            raise ConfigError(f"max_num_examples must be >= 1, got {self.max_num_examples}")
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise ConfigError(f"max_update_norm must be > 0, got {self.max_update_norm}")
+
+
+def usable_vector(value: object, num_params: int) -> bool:
+    return (
+        isinstance(value, np.ndarray)
+        and value.dtype == np.float32
+        and value.shape == (num_params,)
+        and bool(np.isfinite(value).all())
+    )
+
+
+def check_claims(result: TrainResult, limits: ResultLimits) -> str | None:
+    """Why ``result`` asks for more than a client may (None: it does not). Run on what the
+    client sent, before any server transform merges it with others."""
+    cap = limits.max_num_examples
+    if cap is not None and result.num_examples > cap:
+        return f"claims {result.num_examples} examples; the cap is {cap} (strategy.max_num_examples)"
+    bound = limits.max_update_norm
+    delta = result.payload.get("delta")
+    if bound is not None and isinstance(delta, np.ndarray) and delta.dtype.kind == "f":
+        norm = float(np.linalg.norm(delta.astype(np.float64)))
+        if not math.isfinite(norm) or norm > bound:
+            return f"update norm {norm:.4g} exceeds the bound {bound:g} (strategy.max_update_norm)"
+    return None
+
+
+def check_payload(result: TrainResult, num_params: int, keys: Sequence[str]) -> str | None:
+    """Why a vector the strategy reads is unusable (None: every one is a finite float32
+    vector of the model's size). Run on decoded results, after the server transforms."""
+    for key in keys:
+        if not usable_vector(result.payload.get(key), num_params):
+            return f"{key!r} is not a finite float32 vector of the model's size"
+    return None
