@@ -18,7 +18,10 @@ The short way in::
     print(history.final_accuracy)
 """
 
-from shoal.client import ClientApp, TorchTrainer
+# shoal.strategy and shoal.privacy register the built-in client algorithms (FedProx,
+# SCAFFOLD, FedNova, FedDyn, DP-SGD) with shoal.client.algorithm on import.
+from shoal import privacy as privacy
+from shoal.client import ClientAlgorithm, ClientApp, TorchTrainer, register_client_algorithm
 from shoal.errors import (
     CheckpointError,
     ConfigError,
@@ -31,7 +34,7 @@ from shoal.errors import (
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
 from shoal.params import ParamSpec, flatten, from_module, model_hash, to_module, unflatten
 from shoal.runtime import Backend, History, InProcessBackend, Simulation, simulate
-from shoal.strategy import FedAvg, Scaffold, Strategy, weighted_mean
+from shoal.strategy import FedAvg, FedDyn, FedNova, Scaffold, Strategy, weighted_mean
 from shoal.transforms import HalfPrecision, UpdateTransform
 
 __version__ = "0.1.0"
@@ -39,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend",
     "CheckpointError",
+    "ClientAlgorithm",
     "ClientApp",
     "ConfigError",
     "DataError",
@@ -47,6 +51,8 @@ __all__ = [
     "Failure",
     "FailureKind",
     "FedAvg",
+    "FedDyn",
+    "FedNova",
     "HalfPrecision",
     "History",
     "InProcessBackend",
@@ -66,6 +72,7 @@ __all__ = [
     "flatten",
     "from_module",
     "model_hash",
+    "register_client_algorithm",
     "simulate",
     "to_module",
     "unflatten",

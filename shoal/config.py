@@ -41,12 +41,15 @@ from shoal.models import ModelName
 from shoal.privacy.accounting import AccountantName
 from shoal.privacy.central import CentralDP
 from shoal.privacy.local import LocalDP
-from shoal.privacy.noise import NoiseName
+from shoal.rng import NoiseName
 from shoal.runtime.backend import BackendName
 from shoal.runtime.validation import ResultLimits
 from shoal.sampling import SamplingKind
 from shoal.secagg.transform import SecureAggregation
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.feddyn import FedDyn
+from shoal.strategy.fednova import FedNova
+from shoal.strategy.fedprox import PROXIMAL_MU
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
 
@@ -66,6 +69,7 @@ class StrategyName(enum.StrEnum):
     FEDPROX = "fedprox"  # proximal local objective (Li et al. 2020)
     FEDNOVA = "fednova"  # normalized averaging of heterogeneous local steps (Wang et al. 2020)
     SCAFFOLD = "scaffold"  # control variates against client drift (Karimireddy et al. 2020)
+    FEDDYN = "feddyn"  # dynamic regularization (Acar et al. 2021)
     FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
@@ -147,6 +151,7 @@ class StrategyConfig:
     beta1: float = 0.9  # fedadam/fedyogi/fedadagrad: first-moment decay
     beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
     tau: float = 1e-3  # fedadam/fedyogi/fedadagrad: adaptivity floor
+    feddyn_alpha: float = 0.01  # feddyn: weight of the dynamic regularizer (the paper's alpha)
     # What one client may claim. None: the largest client's training set in this config's
     # data (no honest client is refused); results above it are rejected, never clamped.
     max_num_examples: int | None = None
@@ -166,23 +171,31 @@ class StrategyConfig:
         """The strategy; stragglers draw their epochs from 1..``local_epochs`` (the trainer's)."""
         if self.proximal_mu < 0:
             raise ConfigError(f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
-        prox = {"proximal_mu": self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
-        kind = Scaffold if self.name is StrategyName.SCAFFOLD else FedAvg
-        return kind(
+        prox = {PROXIMAL_MU: self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
+        common: dict[str, Any] = dict(
             clients_per_round=self.clients_per_round,
             fraction=self.fraction,
             min_clients=self.min_clients,
             sampling=self.sampling,
             server_optimizer=self._server_optimizer(),
             client_config=prox,
-            normalize_local_steps=self.name is StrategyName.FEDNOVA,
             straggler_fraction=self.straggler_fraction,
             straggler_max_epochs=local_epochs,
             drop_stragglers=self.drop_stragglers,
         )
+        if self.name is StrategyName.FEDDYN:
+            return FedDyn(alpha=self.feddyn_alpha, **common)
+        kind = {StrategyName.SCAFFOLD: Scaffold, StrategyName.FEDNOVA: FedNova}.get(self.name, FedAvg)
+        return kind(**common)
 
     def _server_optimizer(self) -> ServerOptimizer:
-        plain = (StrategyName.FEDAVG, StrategyName.FEDPROX, StrategyName.FEDNOVA, StrategyName.SCAFFOLD)
+        plain = (
+            StrategyName.FEDAVG,
+            StrategyName.FEDPROX,
+            StrategyName.FEDNOVA,
+            StrategyName.SCAFFOLD,
+            StrategyName.FEDDYN,
+        )
         adaptive = self.name not in (*plain, StrategyName.FEDAVGM)
         lr = self.server_lr if self.server_lr is not None else (0.01 if adaptive else 1.0)
         if self.name in plain:
@@ -339,12 +352,27 @@ class RunConfig:
                 raise ConfigError(
                     "privacy.mode = 'central' aggregates every result; set drop_stragglers = false"
                 )
+        self._check_client_algorithm()
         if self.secagg.mode is not SecAggMode.NONE and self.he.enabled:
             raise ConfigError(
                 "choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])"
             )
         if self.secagg.mode is not SecAggMode.NONE or self.he.enabled:
             self._check_hidden_updates()
+
+    def _check_client_algorithm(self) -> None:
+        """Settings a client algorithm's update rule is not derived for, refused up front."""
+        name, t = self.strategy.name, self.trainer
+        if name is StrategyName.SCAFFOLD and (t.optimizer.value != "sgd" or t.momentum):
+            raise ConfigError(
+                "scaffold's control update (option II) assumes plain local SGD: "
+                "set trainer.optimizer = 'sgd' and trainer.momentum = 0"
+            )
+        if name is StrategyName.FEDNOVA and (t.optimizer.value != "sgd" or t.weight_decay):
+            raise ConfigError(
+                "fednova normalizes local SGD (with or without momentum): "
+                "set trainer.optimizer = 'sgd' and trainer.weight_decay = 0"
+            )
 
     def _check_hidden_updates(self) -> None:
         """Secure and homomorphic aggregation show the server only the sum."""

@@ -2,14 +2,33 @@
 
 Nothing reads global random state, so a resumed run draws exactly what an uninterrupted
 one would, and runs are independent of the order clients happen to be processed in.
+
+The exception is randomness that protects privacy. DP noise, and the sampling that DP's
+amplification assumes nobody can predict (which clients a round picks, which examples
+a DP-SGD batch holds), must not be derivable from a run seed that is written in a config
+file. Those draws come from ``os.urandom`` unless a run explicitly chooses the seeded,
+reproducible and unsafe mode (``NoiseName.SEEDED``) for experiments.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import os
 
 import numpy as np
+
+
+class NoiseName(enum.StrEnum):
+    """Where privacy-protecting randomness comes from."""
+
+    SECURE = "secure"  # os.urandom (ChaCha20 keyed from it for noise): the only choice for real data
+    SEEDED = "seeded"  # reproducible from the run seed: experiments only
+
+
+def secret_seed() -> int:
+    """63 bits nobody can derive from the run's config."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
 
 
 class Stream(enum.IntEnum):

@@ -2,14 +2,18 @@
 personal head, a local optimizer's moments.
 
 An app receives its client's state as a plain ``dict[str, np.ndarray]`` with each task and
-may change it in place. The runtime commits the changes only when the task produced a
-result (a client that crashed mid-round keeps its old state), and keeps the committed
-states where the client lives: in simulation a :class:`ClientStateStore` per backend,
-saved in checkpoints; on a real device, the device's own storage.
+may change it in place. The runtime commits the changes only when the server counted
+the result (a client that crashed mid-round, whose result was refused, or that a strategy
+dropped as a straggler keeps its old state: SCAFFOLD's ``c`` must stay the mean of the
+``c_i`` the server knows of), and keeps the committed states where the client lives: in
+simulation a :class:`ClientStateStore` per backend (staged when a result comes back,
+committed when the round loop says which results counted), saved in checkpoints; on a
+real device, the device's own storage, once the server has accepted the result.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ class ClientStateStore:
 
     def __init__(self) -> None:
         self._by_client: dict[str, ClientState] = {}
+        self._staged: dict[str, ClientState] = {}  # this round's working states, not yet counted
 
     def __len__(self) -> int:
         return len(self._by_client)
@@ -48,6 +53,17 @@ class ClientStateStore:
             self._by_client[client_id] = dict(state)
         else:
             self._by_client.pop(client_id, None)
+
+    def stage(self, client_id: str, state: ClientState) -> None:
+        """Hold a state that :meth:`commit` keeps if the server counts this client's result."""
+        self._staged[client_id] = state
+
+    def commit(self, client_ids: Iterable[str]) -> None:
+        """Keep the staged states of ``client_ids``; forget every other staged state."""
+        staged, self._staged = self._staged, {}
+        for cid in client_ids:
+            if cid in staged:
+                self.put(cid, staged[cid])
 
     def state_dict(self) -> dict[str, Any]:
         # Ids go in a list rather than in keys: a client id may contain any character.

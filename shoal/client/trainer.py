@@ -15,21 +15,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shoal.client.algorithm import GradientTerm, LocalRun, active_for, combined_term, finish_all, local_loop
 from shoal.client.app import ClientApp
 from shoal.client.state import ClientState
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.errors import ConfigError
-from shoal.messages import EvalResult, EvalTask, Scalar, TrainResult, TrainTask
+from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.params import FlatModule, read_only_tensor
-from shoal.privacy.dp_sgd import DPSGDRunner, count_steps, example_epsilon
-from shoal.privacy.noise import NoiseName
-from shoal.strategy.scaffold import CONTROL_DELTA, control_correction, update_control
+from shoal.rng import NoiseName
 
 
 class OptimizerName(enum.StrEnum):
@@ -91,6 +89,14 @@ def _check_positive(name: str, value: float) -> None:
 TASK_OVERRIDES = frozenset({"lr", "local_epochs", "local_steps"})  # task.config keys that replace hparams
 
 
+def local_run(hparams: TorchTrainer, task: TrainTask, num_examples: int) -> LocalRun:
+    """What a client will do for ``task``: the trainer's settings with the task's overrides."""
+    overrides: dict[str, Any] = {k: v for k, v in task.config.items() if k in TASK_OVERRIDES}
+    hp = dataclasses.replace(hparams, **overrides) if overrides else hparams
+    steps = hp.local_steps or hp.local_epochs * math.ceil(num_examples / hp.batch_size)
+    return LocalRun(steps, hp.lr, hp.batch_size, num_examples, hp.optimizer.value, hp.momentum, hp)
+
+
 class TorchClient:
     """A :class:`ClientApp` over one module reused for every task in this process."""
 
@@ -98,11 +104,6 @@ class TorchClient:
         self.module = module
         self.flat = FlatModule(module)
         self.hparams = hparams
-        self._dp_runner: DPSGDRunner | None = None
-
-    def _hparams_for(self, task: TrainTask) -> TorchTrainer:
-        overrides: dict[str, Any] = {k: v for k, v in task.config.items() if k in TASK_OVERRIDES}
-        return dataclasses.replace(self.hparams, **overrides) if overrides else self.hparams
 
     def _optimizer(self, hp: TorchTrainer) -> torch.optim.Optimizer:
         params = list(self.module.parameters())
@@ -111,87 +112,65 @@ class TorchClient:
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
     def train(self, task: TrainTask, data: ClientData, state: ClientState) -> TrainResult:
-        hp = self._hparams_for(task)
-        # SCAFFOLD (Karimireddy et al. 2020): every step follows g + c - c_i.
-        correction = control_correction(task, state)
-        if correction is not None and hp.optimizer is not OptimizerName.SGD:
-            raise ValueError("SCAFFOLD's control update assumes local SGD; set trainer.optimizer = 'sgd'")
-        x, y = data.train.x, data.train.y
         n = len(data.train)
-        steps = hp.local_steps or hp.local_epochs * math.ceil(n / hp.batch_size)
+        run = local_run(self.hparams, task, n)
+        algorithms = active_for(task, run)  # FedProx, SCAFFOLD, DP-SGD, ...: whatever the task asks
+        term = combined_term(algorithms, task, state, run)
         self.flat.load(task.params)
         # Dropout and other in-model randomness. The CPU generator alone: torch.manual_seed
         # also visits every accelerator backend, ~100x slower, per client.
         torch.default_generator.manual_seed(task.seed)
+        opt = self._optimizer(run.trainer)
+        loop = local_loop(algorithms)
+        if loop is not None:
+            loss_sum, seen = loop(self.module, data.train, opt, run, task.seed)
+        else:
+            loss_sum, seen = self._minibatch_loop(task, data, opt, run, term)
+        delta = self.flat.flat.numpy() - task.params  # a new array; the buffer is reused
+        extra = finish_all(algorithms, task, state, delta, run)
+        return TrainResult(
+            round=task.round,
+            client_id=task.client_id,
+            num_examples=n,
+            payload={"delta": delta, **extra.payload},
+            metrics={"train_loss": loss_sum / max(seen, 1), "local_steps": run.steps, **extra.metrics},
+        )
+
+    def _minibatch_loop(
+        self,
+        task: TrainTask,
+        data: ClientData,
+        opt: torch.optim.Optimizer,
+        run: LocalRun,
+        term: GradientTerm | None,
+    ) -> tuple[float, int]:
+        x, y, n = data.train.x, data.train.y, len(data.train)
         order = torch.Generator().manual_seed(task.seed)
-        opt = self._optimizer(hp)
-        # FedProx (Li et al. 2020, eq. 2): local objective + mu/2 ||w - w_global||^2.
-        mu = float(task.config.get("proximal_mu", 0.0))
-        anchor = self._views(read_only_tensor(task.params)) if mu else []
-        drift = self._views(torch.from_numpy(correction)) if correction is not None else []
-        metrics: dict[str, Scalar] = {}
-        if hp.dp_sgd_noise_multiplier is not None:
-            if mu or drift:
-                raise ValueError("DP-SGD does not combine with FedProx or SCAFFOLD client terms")
-            dp_loss, dp_seen = self._dp_sgd().train(
-                data.train, opt, steps, hp.batch_size, hp.dp_sgd_noise_multiplier,
-                hp.dp_sgd_max_grad_norm, hp.dp_sgd_noise, task.seed,
-            )  # fmt: skip
-            total = count_steps(state, steps)
-            rate = min(1.0, hp.batch_size / n)
-            metrics["example_epsilon"] = example_epsilon(
-                rate, hp.dp_sgd_noise_multiplier, total, hp.dp_sgd_delta
-            )
-            return self._result(task, state, n, correction, steps, hp, dp_loss, dp_seen, metrics)
+        coef = term.coef if term is not None else 0.0
+        anchor = self._views(read_only_tensor(task.params)) if coef else []
+        shift = []
+        if term is not None and term.shift is not None:
+            shift = self._views(torch.from_numpy(term.shift))
         self.module.train()
         loss_sum = torch.zeros(())
         seen = 0
         perm = torch.randperm(n, generator=order)
         pos = 0
-        for _ in range(steps):
+        for _ in range(run.steps):
             if pos >= n:  # next epoch: a fresh order
                 perm, pos = torch.randperm(n, generator=order), 0
-            idx = perm[pos : pos + hp.batch_size]
-            pos += hp.batch_size
+            idx = perm[pos : pos + run.batch_size]
+            pos += run.batch_size
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.module(xb), yb)
             loss.backward()  # type: ignore[no-untyped-call]
-            if mu or drift:
-                self._correct_gradients(mu, anchor, drift)
+            if coef or shift:
+                self._add_term(coef, anchor, shift)
             opt.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
-        return self._result(task, state, n, correction, steps, hp, float(loss_sum), seen, metrics)
-
-    def _result(
-        self,
-        task: TrainTask,
-        state: ClientState,
-        n: int,
-        correction: np.ndarray | None,
-        steps: int,
-        hp: TorchTrainer,
-        loss_sum: float,
-        seen: int,
-        metrics: dict[str, Scalar],
-    ) -> TrainResult:
-        delta = self.flat.flat.numpy() - task.params  # a new array; the buffer is reused
-        payload = {"delta": delta}
-        if correction is not None:
-            payload[CONTROL_DELTA] = update_control(task, state, delta, steps, hp.lr)
-        return TrainResult(
-            round=task.round,
-            client_id=task.client_id,
-            num_examples=n,
-            payload=payload,
-            metrics={"train_loss": loss_sum / max(seen, 1), "local_steps": steps, **metrics},
-        )
-
-    def _dp_sgd(self) -> DPSGDRunner:
-        if self._dp_runner is None:
-            self._dp_runner = DPSGDRunner(self.module)
-        return self._dp_runner
+        return float(loss_sum), seen
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of a flat vector, in ``self.module.parameters()`` order."""
@@ -199,15 +178,15 @@ class TorchClient:
         return [by_name[name] for name, _ in self.module.named_parameters()]
 
     @torch.no_grad()
-    def _correct_gradients(self, mu: float, anchor: list[torch.Tensor], drift: list[torch.Tensor]) -> None:
-        """grad += mu (w - w_global) (FedProx's proximal term) and + (c - c_i) (SCAFFOLD)."""
+    def _add_term(self, coef: float, anchor: list[torch.Tensor], shift: list[torch.Tensor]) -> None:
+        """grad += coef (w - w_global) + shift: the client algorithms' per-step term."""
         for i, p in enumerate(self.module.parameters()):
             if p.grad is None:
                 continue
-            if mu:
-                p.grad.add_(p - anchor[i], alpha=mu)
-            if drift:
-                p.grad.add_(drift[i])
+            if coef:
+                p.grad.add_(p - anchor[i], alpha=coef)
+            if shift:
+                p.grad.add_(shift[i])
 
     def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
         if data.test is None or len(data.test) == 0:

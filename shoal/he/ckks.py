@@ -29,7 +29,7 @@ import numpy as np
 
 from shoal.errors import ConfigError
 from shoal.messages import Failure, FailureKind, Scalar, TrainResult
-from shoal.transforms.base import TransformContext, merged_result
+from shoal.transforms.base import TransformContext, UpdateTransform, merged_result
 
 CIPHERTEXT = "he_ciphertext"  # payload key: the client's encrypted update, framed as bytes
 
@@ -103,7 +103,7 @@ class KeyAuthority:
 
 
 @dataclass
-class HomomorphicAggregation:
+class HomomorphicAggregation(UpdateTransform):
     """The update transform: encrypt on the device, add on the server, decrypt the sum only."""
 
     authority: KeyAuthority | None  # the server's line to the key holder; never shipped to devices

@@ -43,6 +43,7 @@ from shoal.messages import (
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.proto import shoal_pb2_grpc as rpc
 from shoal.net.registry import Registry
+from shoal.runtime.backend import Backend
 
 log = logging.getLogger("shoal.server")
 
@@ -127,7 +128,7 @@ class Refused(Exception):
         self.code, self.reason = code, reason
 
 
-class GrpcBackend(rpc.CoordinatorServicer):  # type: ignore[misc]
+class GrpcBackend(rpc.CoordinatorServicer, Backend):  # type: ignore[misc]
     """A Backend whose clients are remote devices; also the gRPC servicer they call."""
 
     def __init__(

@@ -3,11 +3,14 @@
 from shoal.privacy.accounting import AccountantName, PrivacyLedger, calibrate_noise, epsilon
 from shoal.privacy.central import CentralDP
 from shoal.privacy.clipping import clip, l2_norm
+from shoal.privacy.dp_sgd import DPSGD
 from shoal.privacy.local import LocalDP, local_epsilon
-from shoal.privacy.noise import NoiseName, SecureNoise, SeededNoise
+from shoal.privacy.noise import SecureNoise, SeededNoise
+from shoal.rng import NoiseName
 from shoal.sampling import Sampling, SamplingKind
 
 __all__ = [
+    "DPSGD",
     "AccountantName",
     "CentralDP",
     "LocalDP",

@@ -28,7 +28,7 @@ from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from shoal.errors import ConfigError
+from shoal.errors import CheckpointError, ConfigError
 from shoal.sampling import Sampling, SamplingKind
 
 # dp-accounting logs a warning for every RDP order it cannot evaluate at small noise; the
@@ -182,13 +182,36 @@ class PrivacyLedger:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta,
+            "accountant": self.accountant.value,
             "rounds": [
                 {"kind": s.kind.value, "population": s.population, "rate": s.rate, "size": s.size, "count": c}
                 for s, c in self.rounds
-            ]
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the composed rounds; refuse a ledger made with another mechanism (after
+        Opacus): composing on under a different noise multiplier, delta or accountant
+        would report an epsilon that holds for neither run."""
+        saved = {k: state[k] for k in ("noise_multiplier", "delta", "accountant") if k in state}
+        if len(saved) < 3 and state.get("rounds"):
+            raise CheckpointError(
+                "this checkpoint's privacy ledger does not say which noise multiplier, delta and "
+                "accountant it composed; it cannot be resumed safely: start a fresh run"
+            )
+        mine = {
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta,
+            "accountant": self.accountant.value,
+        }
+        for key, value in saved.items():
+            if value != mine[key]:
+                raise CheckpointError(
+                    f"the checkpoint's privacy ledger used {key} = {value!r}, this run {mine[key]!r}; "
+                    f"resume with privacy.{key} = {value!r}, or start a fresh run"
+                )
         self.rounds = [
             (Sampling(r["kind"], int(r["population"]), float(r["rate"]), int(r["size"])), int(r["count"]))
             for r in state.get("rounds", [])

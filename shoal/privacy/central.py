@@ -29,12 +29,13 @@ from shoal.errors import ConfigError
 from shoal.messages import Failure, FailureKind, Scalar, TrainResult
 from shoal.privacy.accounting import AccountantName, PrivacyLedger
 from shoal.privacy.clipping import clip
-from shoal.privacy.noise import NoiseName, NoiseSource, noise_source
-from shoal.transforms.base import TransformContext, merged_result
+from shoal.privacy.noise import NoiseSource, noise_source
+from shoal.rng import NoiseName
+from shoal.transforms.base import TransformContext, UpdateTransform, merged_result
 
 
 @dataclass
-class CentralDP:
+class CentralDP(UpdateTransform):
     """Clip, sum, noise on the server; epsilon composed every round."""
 
     noise_multiplier: float  # z: noise std on the sum is z * C
@@ -64,6 +65,10 @@ class CentralDP:
         self._ledger = PrivacyLedger(self.noise_multiplier, self.delta, self.accountant)
 
     # -- the device does nothing: the trusted server clips ---------------------------------
+    def secret_sampling(self) -> bool:
+        # amplification by sampling: who was picked must be as secret as the noise
+        return self.noise is NoiseName.SECURE
+
     def client_apply(self, result: TrainResult, ctx: TransformContext) -> TrainResult:
         return result
 

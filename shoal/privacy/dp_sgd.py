@@ -10,13 +10,20 @@ DP for a client-level guarantee as well.
 
 Noise: Opacus' ``secure_mode`` needs ``torchcsprng``, which has no build for current torch;
 so the noise comes from a torch generator seeded with 64 bits of ``os.urandom`` per task
-(``noise = "seeded"``: from the task seed instead, reproducible, experiments only).
+(``noise = "seeded"``: from the task seed instead, reproducible, experiments only). The
+Poisson batches come from ``os.urandom`` too: amplification by sampling assumes nobody
+knows which examples a step used, and the task seed is derived from the public run seed.
+
+DP-SGD is a client algorithm (:mod:`shoal.client.algorithm`): the trainer's
+``dp_sgd_noise_multiplier`` turns it on, and it replaces the trainer's minibatch loop.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,9 +32,11 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from torch import nn
 
+from shoal.client.algorithm import ClientAlgorithm, ClientOutput, LocalRun, register
 from shoal.client.state import ClientState
 from shoal.data.datasets import ArrayDataset
-from shoal.privacy.noise import NoiseName
+from shoal.messages import TrainTask
+from shoal.rng import NoiseName, secret_seed
 
 STEPS = "dp_sgd_steps"  # in the client's state: local DP-SGD steps taken so far, all rounds
 
@@ -71,8 +80,8 @@ class DPSGDRunner:
 
         n = len(data)
         q = min(1.0, batch_size / n)
-        secret = int.from_bytes(os.urandom(8), "little") >> 1
-        noise_gen = torch.Generator().manual_seed(seed if noise is NoiseName.SEEDED else secret)
+        seeded = noise is NoiseName.SEEDED
+        noise_gen = torch.Generator().manual_seed(seed if seeded else secret_seed())
         dp_opt = DPOptimizer(
             optimizer,
             noise_multiplier=noise_multiplier,
@@ -80,7 +89,7 @@ class DPSGDRunner:
             expected_batch_size=batch_size,
             generator=noise_gen,
         )
-        order = torch.Generator().manual_seed(seed)
+        order = torch.Generator().manual_seed(seed if seeded else secret_seed())
         loss_sum, seen = 0.0, 0
         self.sampler.train()
         for _ in range(steps):
@@ -104,3 +113,55 @@ def count_steps(state: ClientState, steps: int) -> int:
     total = int(state.get(STEPS, np.zeros(1, np.int64))[0]) + steps
     state[STEPS] = np.array([total], dtype=np.int64)
     return total
+
+
+class DPSGD(ClientAlgorithm):
+    """The client hook: on when the trainer sets ``dp_sgd_noise_multiplier``."""
+
+    name = "dp_sgd"
+    metric_reducers: ClassVar[Mapping[str, str]] = {"example_epsilon": "max"}  # the least private client
+
+    def __init__(self) -> None:
+        # one Opacus wrapper per module, installed once per process
+        self._runners: weakref.WeakKeyDictionary[nn.Module, DPSGDRunner] = weakref.WeakKeyDictionary()
+
+    def active(self, task: TrainTask, run: LocalRun) -> bool:
+        return getattr(run.trainer, "dp_sgd_noise_multiplier", None) is not None
+
+    def check(self, run: LocalRun, others: Sequence[str]) -> None:
+        terms = [o for o in others if o != "fednova"]
+        if terms:
+            raise ValueError(f"DP-SGD does not combine with the client terms of {', '.join(terms)}")
+
+    def cohort_unsupported(self) -> str | None:
+        return "DP-SGD runs client by client through Opacus"
+
+    def local_loop(self) -> DPSGD:
+        return self
+
+    def __call__(
+        self,
+        module: nn.Module,
+        data: ArrayDataset,
+        optimizer: torch.optim.Optimizer,
+        run: LocalRun,
+        seed: int,
+    ) -> tuple[float, int]:
+        runner = self._runners.get(module)
+        if runner is None:
+            runner = self._runners[module] = DPSGDRunner(module)
+        hp = run.trainer
+        return runner.train(
+            data, optimizer, run.steps, run.batch_size, hp.dp_sgd_noise_multiplier,
+            hp.dp_sgd_max_grad_norm, hp.dp_sgd_noise, seed,
+        )  # fmt: skip
+
+    def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
+        total = count_steps(state, run.steps)
+        rate = min(1.0, run.batch_size / max(run.num_examples, 1))
+        hp = run.trainer
+        eps = example_epsilon(rate, hp.dp_sgd_noise_multiplier, total, hp.dp_sgd_delta)
+        return ClientOutput(metrics={"example_epsilon": eps})
+
+
+register(DPSGD())

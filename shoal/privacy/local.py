@@ -22,8 +22,9 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from shoal.errors import ConfigError
 from shoal.messages import Failure, Scalar, TrainResult
 from shoal.privacy.clipping import clip
-from shoal.privacy.noise import NoiseName, NoiseSource, noise_source
-from shoal.transforms.base import TransformContext
+from shoal.privacy.noise import NoiseSource, noise_source
+from shoal.rng import NoiseName
+from shoal.transforms.base import TransformContext, UpdateTransform
 
 
 def local_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
@@ -38,7 +39,7 @@ def local_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
 
 
 @dataclass
-class LocalDP:
+class LocalDP(UpdateTransform):
     clip_norm: float
     noise_multiplier: float  # noise std on each update: z * C
     delta: float = 1e-5
@@ -50,6 +51,10 @@ class LocalDP:
         self.noise = NoiseName(self.noise)
         if not self.clip_norm > 0 or not self.noise_multiplier > 0:
             raise ConfigError("local DP needs clip_norm > 0 and noise_multiplier > 0")
+
+    def secret_sampling(self) -> bool:
+        # amplification by sampling: who was picked must be as secret as the noise
+        return self.noise is NoiseName.SECURE
 
     def client_apply(self, result: TrainResult, ctx: TransformContext) -> TrainResult:
         if self._source is None:

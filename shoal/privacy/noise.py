@@ -16,19 +16,13 @@ Known limit: floating-point Gaussian samplers leak through their low-order bits
 
 from __future__ import annotations
 
-import enum
 import os
 from typing import Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from shoal.rng import Stream, generator
-
-
-class NoiseName(enum.StrEnum):
-    SECURE = "secure"  # ChaCha20 keyed from os.urandom: the only choice for real data
-    SEEDED = "seeded"  # reproducible from the run seed: experiments only
+from shoal.rng import NoiseName, Stream, generator
 
 
 class NoiseSource(Protocol):

@@ -10,9 +10,10 @@ same methods.
 
 from __future__ import annotations
 
+import abc
 import enum
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
 from shoal.client.state import ClientStateStore
@@ -29,19 +30,51 @@ class BackendName(enum.StrEnum):
     RAY = "ray"  # Ray actors on this machine or a cluster (ray_address)
 
 
-@runtime_checkable
-class Backend(Protocol):
-    def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]: ...
+class Backend(abc.ABC):
+    """Where client work runs. ``train`` and ``evaluate`` are required; every other
+    method has a default, so the round loop calls each one directly."""
 
+    @abc.abstractmethod
+    def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
+        """One outcome per task, in task order; never raises for a client's fault."""
+
+    @abc.abstractmethod
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]: ...
 
-    def close(self) -> None: ...
+    def available(self) -> list[str] | None:
+        """The clients a round may pick now (live devices), or None: every client in the data."""
+        return None
+
+    def commit(self, client_ids: Iterable[str]) -> None:
+        """The round counted these clients' results: keep their new client states (and
+        only theirs) from the last :meth:`train`."""
+
+    def close(self) -> None:
+        pass
 
     def state_dict(self) -> dict[str, Any]:
         """The clients' committed states, for checkpoints ({} where devices keep their own)."""
-        ...
+        return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class LocalClients(Backend):
+    """A backend whose clients' states live in this process: staged by ``train``,
+    kept by :meth:`commit`, saved in checkpoints."""
+
+    def __init__(self) -> None:
+        self.client_states = ClientStateStore()
+
+    def commit(self, client_ids: Iterable[str]) -> None:
+        self.client_states.commit(client_ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clients": self.client_states.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.client_states.load_state_dict(state.get("clients", {}))
 
 
 def unknown_client(task: TrainTask | EvalTask) -> Failure:
@@ -49,7 +82,7 @@ def unknown_client(task: TrainTask | EvalTask) -> Failure:
     return Failure(task.round, task.client_id, FailureKind.ERROR, "no such client in the dataset")
 
 
-class InProcessBackend:
+class InProcessBackend(LocalClients):
     """Sequential, deterministic: one client app, reused for every client in turn."""
 
     def __init__(
@@ -60,11 +93,11 @@ class InProcessBackend:
         transforms: Sequence[UpdateTransform] = (),
         run_seed: int = 0,
     ) -> None:
+        super().__init__()
         self._app: ClientApp = builder.build(model)
         self._data = data
         self._transforms = list(transforms)
         self._run_seed = run_seed
-        self.client_states = ClientStateStore()
 
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
         return [self._train_one(t) for t in tasks]
@@ -75,7 +108,7 @@ class InProcessBackend:
         state = self.client_states.get(task.client_id)
         out = run_train(self._app, task, self._data[task.client_id], self._transforms, self._run_seed, state)
         if isinstance(out, TrainResult):
-            self.client_states.put(task.client_id, state)
+            self.client_states.stage(task.client_id, state)
         return out
 
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
@@ -86,11 +119,3 @@ class InProcessBackend:
             for t in tasks
         ]
 
-    def close(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"clients": self.client_states.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.client_states.load_state_dict(state.get("clients", {}))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
-from shoal.client.state import ClientState, ClientStateStore
+from shoal.client.state import ClientState
 from shoal.data.datasets import ClientData, FederatedDataset
 from shoal.errors import ConfigError, WireFormatError
 from shoal.messages import (
@@ -34,7 +34,7 @@ from shoal.messages import (
     encode,
 )
 from shoal.models import ModelFactory
-from shoal.runtime.backend import unknown_client
+from shoal.runtime.backend import LocalClients, unknown_client
 from shoal.transforms.base import UpdateTransform
 
 # (index into the round's weight arrays, encoded task without weights, client state or None)
@@ -88,7 +88,7 @@ class _Worker:
         return out
 
 
-class RayBackend:
+class RayBackend(LocalClients):
     """A :class:`~shoal.runtime.backend.Backend` on Ray actors."""
 
     def __init__(
@@ -112,8 +112,8 @@ class RayBackend:
             raise ConfigError(f"ray_workers must be >= 1, got {num_workers}")
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        super().__init__()
         self._ray, self._timeout, self._data = ray, timeout_s, data
-        self.client_states = ClientStateStore()
         actor = ray.remote(num_cpus=1, max_restarts=-1)(_Worker)
         shares: list[dict[str, ClientData]] = [{} for _ in range(num_workers)]
         for cid, client in data.clients.items():
@@ -151,7 +151,7 @@ class RayBackend:
                 if isinstance(answer[0], bytes):
                     out[pos] = _decode(answer[0], task)
                     if isinstance(out[pos], TrainResult) and answer[1] is not None:
-                        self.client_states.put(task.client_id, answer[1])
+                        self.client_states.stage(task.client_id, answer[1])
                 else:
                     out[pos] = Failure(task.round, task.client_id, answer[0], answer[1])
         return out
@@ -178,11 +178,6 @@ class RayBackend:
             self._ray.kill(w)
         self._workers = []
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"clients": self.client_states.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.client_states.load_state_dict(state.get("clients", {}))
 
 
 def _decode(raw: bytes, task: TrainTask | EvalTask) -> TrainResult | EvalResult | Failure:

@@ -27,6 +27,7 @@ from shoal.messages import (
     TrainTask,
     encoded_size,
 )
+from shoal.metrics import reduce_metrics
 from shoal.models import ModelFactory
 from shoal.params import FlatModule, ParamSpec, check_vector, from_module, model_hash, save_params
 from shoal.rng import Stream
@@ -78,6 +79,8 @@ class Simulation:
         # Unless told otherwise, no client may claim more examples than the largest one holds.
         self.limits = limits or ResultLimits(max_num_examples=max(max(data.sizes().values()), 1))
         self.transforms = list(transforms)
+        # DP's amplification by sampling assumes nobody can tell who was picked
+        self.secret_selection = any(t.secret_sampling() for t in self.transforms)
         self.eval_every, self.fed_every, self.fed_clients = (
             eval_every,
             federated_eval_every,
@@ -131,65 +134,61 @@ class Simulation:
         ctx: RoundContext,
         tctx: TransformContext,
         record: Record,
-    ) -> tuple[list[TrainResult], list[Failure]]:
-        """Keep results that answer a task of this round and decode to a usable delta."""
+    ) -> tuple[list[TrainResult], list[Failure], set[str]]:
+        """Keep results that answer a task of this round, claim no more than a client may,
+        and decode to usable vectors. Returns them, the failures, and the clients counted."""
         expected = {t.client_id for t in tasks}
         results: list[TrainResult] = []
         failures = [o for o in outcomes if isinstance(o, Failure)]
         record["bytes_up"] = 0
         for o in outcomes:
-            if isinstance(o, TrainResult):
-                try:  # what would travel: a result the wire cannot carry (a NaN metric) never arrives
-                    size = encoded_size(o)
-                except ValueError as exc:
-                    failures.append(_rejected(o, f"result cannot be encoded: {exc}"))
-                    continue
-                record["bytes_up"] += size
-                if o.round != ctx.round or o.client_id not in expected:
-                    failures.append(_rejected(o, "result for no task of this round"))
-                elif reason := check_claims(o, self.limits):
-                    expected.discard(o.client_id)
-                    failures.append(_rejected(o, reason))
-                else:
-                    expected.discard(o.client_id)  # a second answer from one client is refused
-                    results.append(o)
-        n = sum(r.num_examples for r in results)
-        losses = [(r.metrics["train_loss"], r.num_examples) for r in results if "train_loss" in r.metrics]
-        if losses and n:  # before the server transforms, which may merge the cohort into one result
-            record["train_loss"] = sum(float(v) * k for v, k in losses) / sum(k for _, k in losses)
-        example_eps = [float(r.metrics["example_epsilon"]) for r in results if "example_epsilon" in r.metrics]
-        if example_eps:  # DP-SGD on the devices: the least private client so far this round
-            record["example_epsilon_max"] = max(example_eps)
+            if not isinstance(o, TrainResult):
+                continue
+            try:  # what would travel: a result the wire cannot carry (a NaN metric) never arrives
+                record["bytes_up"] += encoded_size(o)
+            except ValueError as exc:
+                failures.append(_rejected(o, f"result cannot be encoded: {exc}"))
+                continue
+            if o.round != ctx.round or o.client_id not in expected:
+                failures.append(_rejected(o, "result for no task of this round"))
+                continue
+            expected.discard(o.client_id)  # a second answer from one client is refused
+            if reason := check_claims(o, self.limits):
+                failures.append(_rejected(o, reason))
+            else:
+                results.append(o)
+        results, dropped = self.strategy.screen(ctx, results)
+        failures += dropped
+        counted = {r.client_id for r in results}
+        # before the server transforms, which may merge the cohort into one result
+        record.update(reduce_metrics(results))
         decoded, rejected = apply_server(self.transforms, results, tctx)
         for t in self.transforms:
-            record.update(getattr(t, "round_metrics", dict)())
+            record.update(t.round_metrics())
         failures += rejected
         valid = []
         # Every vector the strategy reads is checked here, so a strategy sees only sound input.
-        keys: Sequence[str] = getattr(self.strategy, "payload_keys", ("delta",))
         for r in decoded:
-            if reason := check_payload(r, self.spec.num_params, keys):
+            if reason := check_payload(r, self.spec.num_params, self.strategy.payload_keys):
                 failures.append(_rejected(r, reason))
             else:
                 valid.append(r)
-        return valid, failures
+        return valid, failures, counted - {f.client_id for f in failures}
 
     def available(self) -> list[str]:
         """The clients a round may pick: the backend's live devices, or every simulated client."""
-        live = getattr(self.backend, "available", None)
-        return list(live()) if live is not None else self.data.client_ids
+        live = self.backend.available()
+        return list(live) if live is not None else self.data.client_ids
 
     def _transform_context(self, round: int, population: int) -> TransformContext:
-        sampling_for = getattr(self.strategy, "sampling_for", None)
-        sampling = sampling_for(max(population, 1)) if sampling_for else None
+        sampling = self.strategy.sampling_for(max(population, 1))
         return TransformContext(round, self.seed, self.spec.num_params, sampling)
 
     def stop_reason(self) -> str | None:
         """Why the next round must not run (a transform's spent budget), or None."""
         ctx = self._transform_context(self.round + 1, len(self.available()))
         for t in self.transforms:
-            reason: str | None = getattr(t, "stop_reason", lambda _: None)(ctx)
-            if reason:
+            if reason := t.stop_reason(ctx):
                 return reason
         return None
 
@@ -199,12 +198,12 @@ class Simulation:
             tasks = self.strategy.configure_train(ctx, self.params, available)
             tctx = self._transform_context(ctx.round, len(available))  # one per round
             for t in self.transforms:  # e.g. secure aggregation's key stages with this cohort
-                getattr(t, "begin_round", lambda *_: None)(tctx, [task.client_id for task in tasks])
+                t.begin_round(tctx, [task.client_id for task in tasks])
         except RoundAbortedError as exc:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
         outcomes = self.backend.train(tasks)
-        results, failures = self._collect(tasks, outcomes, ctx, tctx, record)
+        results, failures, counted = self._collect(tasks, outcomes, ctx, tctx, record)
         record.update(
             clients_selected=len(tasks),
             clients_completed=clients_in(results),
@@ -218,6 +217,8 @@ class Simulation:
             self.params = new
         except (RoundAbortedError, SpecMismatchError) as exc:
             record.update(aborted=True, abort_reason=str(exc))
+            counted = set()  # a round that did not commit moves no client's state either
+        self.backend.commit(counted)
 
     def _evaluate(self, r: int, last: int, record: Record) -> None:
         if (
@@ -258,7 +259,7 @@ class Simulation:
         r = self.round + 1
         start = time.perf_counter()
         record: Record = {"round": r, "aborted": False}
-        self._train(RoundContext(r, self.seed), record)
+        self._train(RoundContext(r, self.seed, self.secret_selection), record)
         self._evaluate(r, last, record)
         record["wall_time"] = time.perf_counter() - start
         record["elapsed"] = (self.records[-1]["elapsed"] if self.records else 0.0) + record["wall_time"]

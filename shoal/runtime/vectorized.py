@@ -15,7 +15,7 @@ untouched) while the others go on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,17 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from shoal.client.algorithm import GradientTerm, LocalRun, active_for, combined_term, finish_all, registered
 from shoal.client.app import finish_train
 from shoal.client.state import ClientState
-from shoal.client.trainer import TASK_OVERRIDES, OptimizerName, TorchTrainer
+from shoal.client.trainer import OptimizerName, TorchTrainer, local_run
 from shoal.data.datasets import ClientData, FederatedDataset
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, EvalTask, Failure, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.params import ParamSpec, read_only_tensor
-from shoal.runtime.backend import InProcessBackend
+from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.dense_cohort import dense_plan, train_dense
-from shoal.strategy.scaffold import CONTROL_DELTA, SERVER_CONTROL, control_correction, update_control
 from shoal.transforms.base import UpdateTransform
 
 # Layers whose forward is deterministic and free of running state: a cohort of these
@@ -59,8 +59,12 @@ def cohort_supported(module: nn.Module, hparams: TorchTrainer) -> str | None:
     """None when a cohort can train this model exactly; otherwise the reason it cannot."""
     if hparams.optimizer is not OptimizerName.SGD:
         return f"the vectorized path implements SGD only, not {hparams.optimizer.value}"
-    if hparams.dp_sgd_noise_multiplier is not None:
-        return "DP-SGD runs client by client through Opacus"
+    # algorithms the trainer's own settings turn on (a task turns on the others)
+    probe = TrainTask(0, "probe", np.zeros(1, np.float32), 0)
+    run = LocalRun(1, hparams.lr, hparams.batch_size, 1, hparams.optimizer.value, hparams.momentum, hparams)
+    for a in registered():
+        if a.active(probe, run) and (reason := a.cohort_unsupported()):
+            return reason
     odd = sorted({type(m).__name__ for m in module.modules() if not isinstance(m, _PURE_LAYERS)})
     if odd:
         return f"layers {odd} are not known to be stateless and deterministic"
@@ -75,10 +79,6 @@ def cohorts_pay_off(module: nn.Module, hparams: TorchTrainer, clients_per_round:
     """
     dense = all(not isinstance(m, nn.Conv2d) for m in module.modules())
     return cohort_supported(module, hparams) is None and dense and clients_per_round >= 8
-
-
-_COHORT_CONFIG = TASK_OVERRIDES | {"proximal_mu"}  # task inputs the cohort paths implement
-_COHORT_ARRAYS = frozenset({SERVER_CONTROL})
 
 
 class CohortTrainer:
@@ -114,20 +114,17 @@ class CohortTrainer:
         }
 
     def _schedule(
-        self, tasks: Sequence[TrainTask], sizes: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        self, tasks: Sequence[TrainTask], sizes: Sequence[int], steps: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch indices [S, K, B] and sample weights [S, K, B], in each client's seeded order.
 
         The same draws as TorchClient.train: one randperm per epoch from the client's
         generator, cut into batches of B (the last of an epoch may be short)."""
-        batch, hp = self.hparams.batch_size, self.hparams
+        batch = self.hparams.batch_size
         lanes = torch.arange(batch)
-        plans, steps = [], []
-        for task, n in zip(tasks, sizes, strict=True):
-            local_steps = task.config.get("local_steps", hp.local_steps)
-            local_epochs = task.config.get("local_epochs", hp.local_epochs)
+        plans = []
+        for task, n, count in zip(tasks, sizes, steps, strict=True):
             per_epoch = math.ceil(n / batch)
-            count = int(local_steps) if local_steps else int(local_epochs) * per_epoch
             order = torch.Generator().manual_seed(task.seed)
             perms = torch.cat(
                 [torch.randperm(n, generator=order) for _ in range(math.ceil(count / per_epoch))]
@@ -136,13 +133,11 @@ class CohortTrainer:
             within = (step % per_epoch)[:, None] * batch + lanes  # position inside the epoch [count, B]
             pos = (step // per_epoch)[:, None] * n + within
             plans.append(torch.where(within < n, perms[pos.clamp(max=len(perms) - 1)], -1))
-            steps.append(count)
-        total = max(steps)
-        idx = torch.full((total, len(tasks), batch), -1, dtype=torch.int64)
+        idx = torch.full((max(steps), len(tasks), batch), -1, dtype=torch.int64)
         for k, plan in enumerate(plans):
             idx[: plan.shape[0], k, : plan.shape[1]] = plan
         valid = idx >= 0
-        return idx.clamp_min(0), valid.float(), steps
+        return idx.clamp_min(0), valid.float()
 
     def train(
         self,
@@ -151,13 +146,14 @@ class CohortTrainer:
         states: Sequence[ClientState] | None = None,
     ) -> list[TrainResult]:
         """Train the cohort; ``states`` are the clients' working states (changed in place)."""
-        k, hp = len(tasks), self.hparams
+        k = len(tasks)
         states = list(states) if states is not None else [{} for _ in tasks]
-        hooks = {key for t in tasks for key in t.config} - _COHORT_CONFIG
-        hooks |= {key for t in tasks for key in t.arrays} - _COHORT_ARRAYS
-        if hooks:  # client-side terms only TorchClient implements
-            raise ValueError(f"the cohort path does not implement task inputs {sorted(hooks)}")
         sizes = [len(d.train) for d in data]
+        runs = [local_run(self.hparams, t, n) for t, n in zip(tasks, sizes, strict=True)]
+        algorithms = [active_for(t, run) for t, run in zip(tasks, runs, strict=True)]
+        for a in {a for chosen in algorithms for a in chosen}:
+            if reason := a.cohort_unsupported() or (a.local_loop() and "it replaces the local loop"):
+                raise ValueError(f"the cohort path cannot run {a.name}: {reason}")
         xs = torch.cat([d.train.x for d in data])  # [sum n, ...]: the cohort's samples, client after client
         ys = torch.cat([d.train.y for d in data])
         if self._dense is not None:
@@ -170,11 +166,13 @@ class CohortTrainer:
             else torch.stack([read_only_tensor(t.params) for t in tasks])
         )
         params = self._unstack(start.expand(k, -1))
-        idx, wts, steps = self._schedule(tasks, sizes)
-        lrs = [float(t.config.get("lr", hp.lr)) for t in tasks]
-        lr = torch.tensor(lrs)
-        corrections = [control_correction(t, s) for t, s in zip(tasks, states, strict=True)]
-        extra = self._extra_gradient(tasks, params, start, corrections)
+        idx, wts = self._schedule(tasks, sizes, [r.steps for r in runs])
+        lr = torch.tensor([r.lr for r in runs])
+        terms = [
+            combined_term(chosen, t, s, run)
+            for chosen, t, s, run in zip(algorithms, tasks, states, runs, strict=True)
+        ]
+        extra = self._extra_gradient(params, start, terms)
         if self._dense is not None:
             names = self.spec.names  # (weight, bias) per Linear, in order
             loss_sum, seen = train_dense(
@@ -192,31 +190,31 @@ class CohortTrainer:
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
         results = []
         for i, t in enumerate(tasks):
-            payload = {"delta": delta[i]}  # a row view: one [K, D] block serves the cohort
-            if corrections[i] is not None:
-                payload[CONTROL_DELTA] = update_control(t, states[i], delta[i], steps[i], lrs[i])
-            metrics = {"train_loss": train_loss[i], "local_steps": steps[i]}
+            # delta[i] is a row view: one [K, D] block serves the cohort
+            out = finish_all(algorithms[i], t, states[i], delta[i], runs[i])
+            metrics = {"train_loss": train_loss[i], "local_steps": runs[i].steps, **out.metrics}
+            payload = {"delta": delta[i], **out.payload}
             results.append(TrainResult(t.round, t.client_id, sizes[i], payload, metrics))
         return results
 
     def _extra_gradient(
         self,
-        tasks: Sequence[TrainTask],
         params: dict[str, torch.Tensor],
         start: torch.Tensor,
-        corrections: Sequence[np.ndarray | None],
+        terms: Sequence[GradientTerm | None],
     ) -> Callable[[], dict[str, torch.Tensor]] | None:
-        """The per-step gradient terms beyond the loss's, as in TorchClient: FedProx's
-        ``mu (w - w_global)`` and SCAFFOLD's ``c - c_i``; None when there are none."""
-        mu = torch.tensor([float(t.config.get("proximal_mu", 0.0)) for t in tasks])
-        prox, scaffold = bool(mu.any()), any(c is not None for c in corrections)
-        if not prox and not scaffold:
+        """The client algorithms' per-step terms, ``coef (w - w_global) + shift`` per client,
+        as TorchClient adds them; None when no client has one."""
+        coef = torch.tensor([t.coef if t is not None else 0.0 for t in terms])
+        shifts = [t.shift if t is not None else None for t in terms]
+        prox, shifted = bool(coef.any()), any(s is not None for s in shifts)
+        if not prox and not shifted:
             return None
         anchor = self.spec.split(start)  # [*shape] when shared, else [K, *shape]
         zero = np.zeros(self.spec.num_params, np.float32)
         drift = (
-            self.spec.split(torch.from_numpy(np.stack([zero if c is None else c for c in corrections])))
-            if scaffold
+            self.spec.split(torch.from_numpy(np.stack([zero if s is None else s for s in shifts])))
+            if shifted
             else {}
         )
 
@@ -224,8 +222,8 @@ class CohortTrainer:
             out = {}
             for name, p in params.items():
                 if prox:
-                    g = (p - anchor[name]).mul_(mu.view((-1,) + (1,) * (p.dim() - 1)))
-                    out[name] = g.add_(drift[name]) if scaffold else g
+                    g = (p - anchor[name]).mul_(coef.view((-1,) + (1,) * (p.dim() - 1)))
+                    out[name] = g.add_(drift[name]) if shifted else g
                 else:
                     out[name] = drift[name]
             return out
@@ -289,7 +287,7 @@ class CohortTrainer:
                 p.sub_(d * step_size.view(shape))
 
 
-class VectorizedBackend:
+class VectorizedBackend(Backend):
     """A :class:`~shoal.runtime.backend.Backend` that trains clients in cohorts.
 
     ``cohort_size`` bounds memory: a cohort holds K copies of the weights, K momentum
@@ -331,12 +329,15 @@ class VectorizedBackend:
             for t, r, state in zip(chunk, results, states, strict=True):
                 done = finish_train(t, r, self._transforms, self._run_seed)
                 if isinstance(done, TrainResult):
-                    store.put(t.client_id, state)
+                    store.stage(t.client_id, state)
                 out.append(done)
         return out
 
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
         return self._sequential.evaluate(tasks)
+
+    def commit(self, client_ids: Iterable[str]) -> None:
+        self._sequential.commit(client_ids)
 
     def close(self) -> None:
         self._sequential.close()

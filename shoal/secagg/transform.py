@@ -35,7 +35,7 @@ from shoal.secagg.protocol import (
     secagg_plus_degree,
 )
 from shoal.secagg.wire import kind_of
-from shoal.transforms.base import TransformContext, merged_result
+from shoal.transforms.base import TransformContext, UpdateTransform, merged_result
 
 MASKED = "secagg_masked"  # the payload key of a masked input (the protocol message, as bytes)
 
@@ -68,7 +68,7 @@ class LocalDevices:
 
 
 @dataclass
-class SecureAggregation:
+class SecureAggregation(UpdateTransform):
     bound: float = 1.0  # every update coordinate is clamped to [-bound, bound] (clip first)
     threshold: float = 0.5  # share of each client's neighbourhood that must stay (t = ceil(.) + 1)
     plus: bool = False  # SecAgg+: masks and shares along a random O(log n)-regular graph

@@ -3,6 +3,9 @@
 from shoal.strategy.aggregators import Aggregator, mean, weighted_mean
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.feddyn import FedDyn
+from shoal.strategy.fednova import FedNova
+from shoal.strategy.fedprox import FedProxClient
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import (
     Adaptive,
@@ -17,6 +20,9 @@ __all__ = [
     "AdaptiveRule",
     "Aggregator",
     "FedAvg",
+    "FedDyn",
+    "FedNova",
+    "FedProxClient",
     "RoundContext",
     "Scaffold",
     "ServerMomentum",

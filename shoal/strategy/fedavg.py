@@ -7,6 +7,7 @@ them the model, aggregate their deltas (weighted by example counts), and hand th
 aggregate to the server optimizer. ``ServerSGD(1.0)`` is the paper's rule;
 ``ServerMomentum`` gives FedAvgM and ``Adaptive`` gives FedAdagrad, FedAdam and FedYogi
 (``server_opt.py``). Rounds with fewer than ``min_clients`` results are aborted.
+FedNova, FedDyn and SCAFFOLD extend it in their own files.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from typing import Any
 import numpy as np
 
 from shoal.errors import ConfigError, RoundAbortedError
-from shoal.messages import Failure, Scalar, TrainResult, TrainTask
+from shoal.messages import Failure, FailureKind, Scalar, TrainResult, TrainTask
 from shoal.rng import Stream
 from shoal.sampling import Sampling, SamplingKind
 from shoal.strategy.aggregators import Aggregator, weighted_mean
-from shoal.strategy.base import RoundContext
+from shoal.strategy.base import RoundContext, Strategy
 from shoal.strategy.server_opt import ServerOptimizer, ServerSGD
 from shoal.transforms.base import clients_in
 
 
 @dataclass
-class FedAvg:
+class FedAvg(Strategy):
     clients_per_round: int | None = 10
     fraction: float | None = None  # C in the paper; used instead of clients_per_round when set
     min_clients: int = 1  # fewer results than this and the round is abandoned
@@ -36,13 +37,10 @@ class FedAvg:
     server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
     aggregator: Aggregator = weighted_mean
     client_config: Mapping[str, Scalar] = field(default_factory=dict)  # sent with every task
-    # FedNova (Wang et al. 2020): average the per-step updates Delta_i / tau_i, then rescale
-    # by tau_eff = sum_i p_i tau_i, so clients that ran more local steps do not pull the model
-    # toward their own optimum. Needs each result's "local_steps" metric (plain local SGD).
-    normalize_local_steps: bool = False
     # System heterogeneity as in Li et al. 2020, Section 5.2: this share of each round's
     # clients are stragglers that run a uniform random 1..straggler_max_epochs local epochs.
-    # drop_stragglers is FedAvg's rule there (their partial work is discarded); FedProx keeps it.
+    # drop_stragglers is FedAvg's rule there (their partial work is discarded, as if they
+    # missed the deadline: their client state does not advance); FedProx keeps it.
     straggler_fraction: float = 0.0
     straggler_max_epochs: int = 1
     drop_stragglers: bool = False
@@ -111,6 +109,19 @@ class FedAvg:
         """Arrays sent with every task besides the model (SCAFFOLD's control variate)."""
         return {}
 
+    def screen(
+        self, ctx: RoundContext, results: Sequence[TrainResult]
+    ) -> tuple[list[TrainResult], list[Failure]]:
+        if not self.drop_stragglers:
+            return list(results), []
+        slow = self._stragglers.get(ctx.round, frozenset())
+        dropped = [
+            Failure(r.round, r.client_id, FailureKind.DROPPED, "straggler: dropped at the deadline")
+            for r in results
+            if r.client_id in slow
+        ]
+        return [r for r in results if r.client_id not in slow], dropped
+
     def aggregate_train(
         self,
         ctx: RoundContext,
@@ -124,11 +135,6 @@ class FedAvg:
         self, ctx: RoundContext, results: Sequence[TrainResult], failures: Sequence[Failure]
     ) -> list[TrainResult]:
         """The results this round aggregates; raises RoundAbortedError when too few remain."""
-        if self.drop_stragglers:
-            slow = self._stragglers.get(ctx.round, frozenset())
-            results = [r for r in results if r.client_id not in slow]
-        if self.normalize_local_steps:  # a result without a step count cannot be normalized
-            results = [r for r in results if _steps(r) > 0]
         if clients_in(results) < self.min_clients:
             raise RoundAbortedError(
                 f"round {ctx.round}: {clients_in(results)} results ({len(failures)} failed), "
@@ -140,12 +146,7 @@ class FedAvg:
         """The server optimizer's step from ``params`` along the results' aggregate."""
         deltas = [r.payload["delta"] for r in results]
         weights = np.array([r.num_examples for r in results], dtype=np.float64)
-        if not self.normalize_local_steps:
-            return self.server_optimizer.step(params, self.aggregator(deltas, weights))
-        steps = np.array([_steps(r) for r in results], dtype=np.float64)
-        tau_eff = float(weights @ steps / weights.sum())
-        per_step = [d / np.float32(s) for d, s in zip(deltas, steps, strict=True)]
-        return self.server_optimizer.step(params, np.float32(tau_eff) * self.aggregator(per_step, weights))
+        return self.server_optimizer.step(params, self.aggregator(deltas, weights))
 
     def state_dict(self) -> dict[str, Any]:
         return {"server_optimizer": self.server_optimizer.state_dict()}
@@ -153,7 +154,3 @@ class FedAvg:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.server_optimizer.load_state_dict(state.get("server_optimizer", {}))
 
-
-def _steps(result: TrainResult) -> float:
-    value = result.metrics.get("local_steps", 0)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -12,8 +12,11 @@ with the averaged ``Delta y`` (through the server optimizer: ``x += lr_g Delta x
 paper's rule) and sets ``c += |S| / N * mean(Delta c_i)``, N being the number of clients,
 so that ``c`` stays the average of all ``c_i``.
 
-The client half is two functions that every trainer calls (the sequential one and the
-vectorized cohorts), so the rule lives in one place.
+The client half is :class:`ScaffoldClient`, a client algorithm (a gradient shift and a
+control update) that every trainer applies, one by one or in cohorts, so the rule lives
+in one place. Option II assumes plain local SGD: with momentum or Adam the model moves by
+something other than ``lr`` times the summed corrected gradients, and ``c_i+`` would be
+wrong, so those settings are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from shoal.client.algorithm import ClientAlgorithm, ClientOutput, GradientTerm, LocalRun, register
 from shoal.client.state import ClientState
 from shoal.messages import Failure, TrainResult, TrainTask
 from shoal.strategy.aggregators import Aggregator, mean
@@ -66,6 +70,31 @@ def update_control(
     new = old - c - delta.astype(np.float64) / (steps * lr)
     state[CLIENT_CONTROL] = new.astype(np.float32)
     return (new - old).astype(np.float32)
+
+
+class ScaffoldClient(ClientAlgorithm):
+    """SCAFFOLD on the device: on for tasks that carry the server's control variate."""
+
+    name = "scaffold"
+
+    def active(self, task: TrainTask, run: LocalRun) -> bool:
+        return SERVER_CONTROL in task.arrays
+
+    def check(self, run: LocalRun, others: Sequence[str]) -> None:
+        if run.optimizer != "sgd" or run.momentum:
+            raise ValueError(
+                "SCAFFOLD's control update (option II) assumes plain local SGD; "
+                "set trainer.optimizer = 'sgd' and trainer.momentum = 0"
+            )
+
+    def gradient_term(self, task: TrainTask, state: ClientState, run: LocalRun) -> GradientTerm | None:
+        return GradientTerm(shift=control_correction(task, state))
+
+    def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
+        return ClientOutput(payload={CONTROL_DELTA: update_control(task, state, delta, run.steps, run.lr)})
+
+
+register(ScaffoldClient())
 
 
 @dataclass

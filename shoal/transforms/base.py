@@ -9,23 +9,26 @@ result that stands for the cohort (its ``num_examples`` the cohort's total). A s
 that cannot use one client's result (wrong payload, bad shape) returns a :class:`Failure`
 in its place: one bad client costs its own update, never the round.
 
-Transforms carry their state (residuals, adaptive clip norms) in ``state_dict()``. Three
-optional methods let a transform speak to the round loop: ``begin_round(ctx, client_ids)``
-(before clients train: secure aggregation's key stages; may raise RoundAbortedError),
-``round_metrics()`` (what it measured this round, e.g. epsilon so far, merged into the
-round's record) and ``stop_reason(ctx)`` (why the next round must not run, e.g. a spent
-privacy budget).
+Transforms subclass :class:`UpdateTransform` and carry their state (residuals, adaptive
+clip norms) in ``state_dict()``. Optional methods, each with a no-op default so the round
+loop calls them directly, let a transform speak to the loop: ``begin_round(ctx,
+client_ids)`` (before clients train: secure aggregation's key stages; may raise
+RoundAbortedError), ``round_metrics()`` (what it measured this round, e.g. epsilon so far,
+merged into the round's record), ``stop_reason(ctx)`` (why the next round must not run,
+e.g. a spent privacy budget) and ``secret_sampling`` (its guarantee assumes nobody can
+tell which clients a round picked: DP's amplification by sampling).
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from shoal.messages import Failure, TrainResult
+from shoal.messages import Failure, Scalar, TrainResult
 from shoal.sampling import Sampling
 
 AGGREGATED = "aggregated_clients"  # metric of a result that stands for a merged cohort
@@ -56,21 +59,37 @@ def clients_in(results: Sequence[TrainResult]) -> int:
     return sum(int(r.metrics.get(AGGREGATED, 1)) for r in results)
 
 
-@runtime_checkable
-class UpdateTransform(Protocol):
+class UpdateTransform(abc.ABC):
+    @abc.abstractmethod
     def client_apply(self, result: TrainResult, ctx: TransformContext) -> TrainResult:
         """Rewrite one client's result on the device (clip, noise, compress, mask)."""
-        ...
 
+    @abc.abstractmethod
     def server_apply(
         self, results: Sequence[TrainResult], ctx: TransformContext
     ) -> list[TrainResult | Failure]:
         """Undo or complete the step on the server, over the whole cohort."""
-        ...
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def begin_round(self, ctx: TransformContext, client_ids: Sequence[str]) -> None:
+        """Before the cohort trains (secure aggregation's key stages)."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def round_metrics(self) -> dict[str, Scalar]:
+        """What this transform measured in the round just aggregated."""
+        return {}
+
+    def stop_reason(self, ctx: TransformContext) -> str | None:
+        """Why round ``ctx.round`` must not run (None: it may)."""
+        return None
+
+    def secret_sampling(self) -> bool:
+        """True when its guarantee assumes nobody can predict which clients a round picks."""
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def apply_client(

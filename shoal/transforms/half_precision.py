@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from shoal.messages import Failure, FailureKind, TrainResult
-from shoal.transforms.base import TransformContext
+from shoal.transforms.base import TransformContext, UpdateTransform
 
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
-class HalfPrecision:
+class HalfPrecision(UpdateTransform):
     """Encode ``payload["delta"]`` as float16 on the client, decode to float32 on the server."""
 
     def client_apply(self, result: TrainResult, ctx: TransformContext) -> TrainResult:

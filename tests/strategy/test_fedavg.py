@@ -78,6 +78,9 @@ def test_stragglers_get_fewer_epochs_and_can_be_dropped():
     assert [t.config for t in again.configure_train(RoundContext(3, 0), P, IDS)] == [t.config for t in tasks]
     slow_ids = {t.client_id for t in slow}
     results = [result(t.client_id, np.ones(4) if t.client_id in slow_ids else np.zeros(4), 1) for t in tasks]
-    kept = strategy.aggregate_train(RoundContext(3, 0), P, results, [])
+    counted, dropped = strategy.screen(RoundContext(3, 0), results)  # before any server transform
+    assert {f.client_id for f in dropped} == slow_ids and all(f.kind.value == "dropped" for f in dropped)
+    kept = strategy.aggregate_train(RoundContext(3, 0), P, counted, dropped)
     np.testing.assert_array_equal(kept, np.zeros(4))  # only the non-stragglers' zero updates count
+    assert again.screen(RoundContext(3, 0), results) == (results, [])
     assert not np.array_equal(again.aggregate_train(RoundContext(3, 0), P, results, []), np.zeros(4))

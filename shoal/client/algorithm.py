@@ -1,0 +1,183 @@
+"""Client-side algorithms as plug-ins: one hook, owned by each algorithm in its own file.
+
+Many federated algorithms change what a device does, not only what the server does:
+FedProx adds a proximal term to every local gradient, SCAFFOLD a control-variate
+correction, FedDyn a dynamic regularizer, FedNova reports how far its local steps
+reach, DP-SGD replaces the minibatch step itself. Each is a :class:`ClientAlgorithm`
+that lives beside its server half (``shoal/strategy/scaffold.py``,
+``shoal/privacy/dp_sgd.py``, ...) and registers itself with :func:`register`. The
+trainers (one client at a time, and the vectorized cohorts) ask :func:`active_for`
+which algorithms a task turns on and apply their hooks; they name none of them.
+
+Every hook has a no-op default, so an algorithm implements only what it changes:
+
+- ``active(task, run)``: does this task ask for it (a key it owns in ``task.config`` or
+  ``task.arrays``, or a trainer setting)?
+- ``check(run, others)``: refuse a combination it cannot run correctly (ValueError),
+  e.g. SCAFFOLD's control update under momentum.
+- ``gradient_term(task, state, run)``: a per-step term added to every local gradient.
+  It is affine, ``coef * (w - w_global) + shift``, so the one-by-one and the cohort
+  paths apply exactly the same term (a cohort stacks K coefficients and K shifts).
+- ``local_loop()``: replaces the minibatch loop (DP-SGD's per-example clipping).
+- ``finish(task, state, delta, run)``: what it adds to the result's payload and
+  metrics, and what it keeps in the client's state (changed in place; the runtime
+  commits it only when the server counts the result).
+- ``cohort_unsupported()``: why the vectorized path cannot run it (None: it can).
+- ``metric_reducers``: how the round loop folds the metrics it reports (see
+  :mod:`shoal.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from shoal.client.state import ClientState
+from shoal.data.datasets import ArrayDataset
+from shoal.messages import Scalar, TrainTask
+from shoal.metrics import declare
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """What the device is about to do for a task (known before training starts)."""
+
+    steps: int  # local minibatch steps
+    lr: float
+    batch_size: int
+    num_examples: int
+    optimizer: str  # "sgd" or "adam"
+    momentum: float
+    trainer: Any = None  # the trainer's own settings (e.g. DP-SGD's noise multiplier)
+
+
+@dataclass(frozen=True)
+class GradientTerm:
+    """``coef * (w - w_global) + shift``, added to the loss gradient at every local step.
+
+    ``w_global`` is the task's model; ``shift`` a flat float32 vector of the model's size
+    (None: zero). FedProx's term is ``coef = mu``; SCAFFOLD's ``c - c_i`` is the shift;
+    FedDyn has both. Terms add: coefficients and shifts sum."""
+
+    coef: float = 0.0
+    shift: np.ndarray | None = None
+
+    def __add__(self, other: GradientTerm) -> GradientTerm:
+        if self.shift is None or other.shift is None:
+            shift = self.shift if other.shift is None else other.shift
+        else:
+            shift = self.shift + other.shift
+        return GradientTerm(self.coef + other.coef, shift)
+
+
+@dataclass
+class ClientOutput:
+    """What an algorithm adds to a result."""
+
+    payload: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, Scalar] = field(default_factory=dict)
+
+
+class LocalLoop(Protocol):
+    """A replacement for the trainer's minibatch loop: ``steps`` optimizer steps on
+    ``data``; returns the summed loss and the number of examples it used."""
+
+    def __call__(
+        self,
+        module: nn.Module,
+        data: ArrayDataset,
+        optimizer: torch.optim.Optimizer,
+        run: LocalRun,
+        seed: int,
+    ) -> tuple[float, int]: ...
+
+
+class ClientAlgorithm:
+    """Base of every client-side algorithm; each hook's default changes nothing."""
+
+    name: ClassVar[str] = ""
+    metric_reducers: ClassVar[Mapping[str, str]] = {}  # metric key -> reducer name
+
+    def active(self, task: TrainTask, run: LocalRun) -> bool:
+        return False
+
+    def check(self, run: LocalRun, others: Sequence[str]) -> None:
+        """Raise ValueError when this algorithm cannot run with these settings or ``others``."""
+
+    def gradient_term(self, task: TrainTask, state: ClientState, run: LocalRun) -> GradientTerm | None:
+        return None
+
+    def local_loop(self) -> LocalLoop | None:
+        return None
+
+    def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
+        return ClientOutput()
+
+    def cohort_unsupported(self) -> str | None:
+        return None
+
+
+_REGISTRY: dict[str, ClientAlgorithm] = {}
+
+
+def register(algorithm: ClientAlgorithm) -> ClientAlgorithm:
+    """Make ``algorithm`` available to every trainer (a name registered twice is replaced)."""
+    if not algorithm.name:
+        raise ValueError(f"{type(algorithm).__name__} needs a name to register")
+    _REGISTRY[algorithm.name] = algorithm
+    # the round loop folds what the algorithm reports with the reducers it declares
+    for key, reducer in algorithm.metric_reducers.items():
+        declare(key, reducer)
+    return algorithm
+
+
+def registered() -> list[ClientAlgorithm]:
+    return list(_REGISTRY.values())
+
+
+def active_for(task: TrainTask, run: LocalRun) -> list[ClientAlgorithm]:
+    """The algorithms ``task`` turns on, each checked against the others."""
+    chosen = [a for a in _REGISTRY.values() if a.active(task, run)]
+    names = [a.name for a in chosen]
+    for a in chosen:
+        a.check(run, [n for n in names if n != a.name])
+    return chosen
+
+
+def combined_term(
+    algorithms: Sequence[ClientAlgorithm], task: TrainTask, state: ClientState, run: LocalRun
+) -> GradientTerm | None:
+    terms = [t for a in algorithms if (t := a.gradient_term(task, state, run)) is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def local_loop(algorithms: Sequence[ClientAlgorithm]) -> LocalLoop | None:
+    loops = [loop for a in algorithms if (loop := a.local_loop()) is not None]
+    if len(loops) > 1:
+        raise ValueError(f"only one algorithm may replace the local loop; {len(loops)} do")
+    return loops[0] if loops else None
+
+
+def finish_all(
+    algorithms: Sequence[ClientAlgorithm],
+    task: TrainTask,
+    state: ClientState,
+    delta: np.ndarray,
+    run: LocalRun,
+) -> ClientOutput:
+    out = ClientOutput()
+    for a in algorithms:
+        more = a.finish(task, state, delta, run)
+        out.payload.update(more.payload)
+        out.metrics.update(more.metrics)
+    return out
