@@ -196,3 +196,50 @@ def test_a_bad_adaptive_setting_fails_before_any_client_trains():
     with pytest.raises(ConfigError, match="2 \\* clip_count_stddev > noise_multiplier"):
         sim.run(3)
     assert sim.records == []
+
+
+def test_a_resumed_ledger_refuses_another_mechanism():
+    ledger = PrivacyLedger(1.0, 1e-5, "rdp")
+    ledger.record(Sampling.poisson(0.1, 100))
+    state = ledger.state_dict()
+    same = PrivacyLedger(1.0, 1e-5, "rdp")
+    same.load_state_dict(state)
+    assert same.epsilon() == pytest.approx(ledger.epsilon())
+    with pytest.raises(shoal.CheckpointError, match="noise_multiplier = 1.0, this run 0.5"):
+        PrivacyLedger(0.5, 1e-5, "rdp").load_state_dict(state)
+    with pytest.raises(shoal.CheckpointError, match="accountant"):
+        PrivacyLedger(1.0, 1e-5, "pld").load_state_dict(state)
+    with pytest.raises(shoal.CheckpointError, match="does not say"):
+        PrivacyLedger(1.0, 1e-5, "rdp").load_state_dict({"rounds": state["rounds"]})
+
+
+def test_a_central_dp_run_resumed_with_another_noise_multiplier_is_refused(tmp_path):
+    data, model = _digits_setup()
+    strategy = shoal.FedAvg(fraction=0.3, sampling="poisson")
+    dp = CentralDP(noise_multiplier=0.8, clip_norm=0.5, noise="seeded")
+    shoal.simulate(model, data, strategy, rounds=1, transforms=[dp], out_dir=tmp_path)
+    other = CentralDP(noise_multiplier=1.6, clip_norm=0.5, noise="seeded")
+    with pytest.raises(shoal.CheckpointError, match="noise_multiplier"):
+        shoal.simulate(model, data, strategy, rounds=2, transforms=[other], out_dir=tmp_path, resume=True)
+
+
+def test_dp_runs_pick_clients_from_a_secret_source_unless_seeded():
+    data, model = _digits_setup()
+
+    def cohorts(noise: str) -> list[list[str]]:
+        picked: list[list[str]] = []
+
+        class Spy(shoal.InProcessBackend):
+            def train(self, tasks):
+                picked.append(sorted(t.client_id for t in tasks))
+                return super().train(tasks)
+
+        dp = CentralDP(noise_multiplier=1.0, clip_norm=0.5, noise=noise)
+        strategy = shoal.FedAvg(fraction=0.25, sampling="poisson")
+        trainer = shoal.TorchTrainer(lr=0.1)
+        backend = Spy(trainer, model, data, [dp], run_seed=4)
+        shoal.simulate(model, data, strategy, trainer, rounds=3, seed=4, transforms=[dp], backend=backend)
+        return picked
+
+    assert cohorts("seeded") == cohorts("seeded")  # reproducible experiments, and unsafe
+    assert cohorts("secure") != cohorts("secure")  # nobody can tell from the seed who was picked

@@ -161,3 +161,36 @@ def test_client_state_store_commits_only_what_it_is_given():
     assert restored.get("a")[CLIENT_CONTROL].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(TypeError, match="numpy arrays"):
         store.put("b", {"x": [1, 2]})  # type: ignore[dict-item]
+
+
+def test_dropped_stragglers_keep_their_old_controls(two_clients):
+    # Stragglers that FedAvg drops never reach the aggregate, so their c_i must not move
+    # either: otherwise c drifts away from mean(c_i) (an outside check measured 0.14 against
+    # |c| 0.18 after 5 rounds).
+    trainer = shoal.TorchTrainer(lr=LR, local_epochs=2, batch_size=8)
+    strategy = Scaffold(
+        clients_per_round=2, straggler_fraction=0.5, straggler_max_epochs=2, drop_stragglers=True
+    )
+    backend = InProcessBackend(trainer, linear, two_clients)
+    history = shoal.simulate(linear, two_clients, strategy, trainer, rounds=6, backend=backend, seed=3)
+    assert any("straggler" in f for r in history.records for f in r["failures"])  # some were dropped
+    controls = [backend.client_states.get(cid).get(CLIENT_CONTROL, 0.0) for cid in two_clients.clients]
+    np.testing.assert_allclose(strategy.control, np.mean(controls, axis=0), rtol=1e-4, atol=1e-6)
+
+
+def test_a_refused_result_keeps_the_clients_old_control(two_clients):
+    # the round loop refuses a claim above the cap: that client's state must not advance
+    trainer = shoal.TorchTrainer(lr=LR, local_steps=K, batch_size=8)
+    strategy = Scaffold(clients_per_round=2)
+    backend = InProcessBackend(trainer, linear, two_clients)
+    limits = shoal.runtime.validation.ResultLimits(max_num_examples=10)  # both clients hold 24
+    history = shoal.simulate(linear, two_clients, strategy, trainer, rounds=2, backend=backend, limits=limits)
+    assert all(r["aborted"] for r in history.records)
+    assert len(backend.client_states) == 0
+    np.testing.assert_array_equal(strategy.control, np.zeros_like(strategy.control))
+
+
+def test_scaffold_refuses_local_momentum(two_clients):
+    trainer = shoal.TorchTrainer(lr=LR, momentum=0.9)
+    history = shoal.simulate(linear, two_clients, Scaffold(clients_per_round=2), trainer, rounds=1)
+    assert history.records[0]["aborted"] and "momentum = 0" in history.records[0]["failures"][0]
