@@ -205,7 +205,7 @@ def test_a_resumed_ledger_refuses_another_mechanism():
     same = PrivacyLedger(1.0, 1e-5, "rdp")
     same.load_state_dict(state)
     assert same.epsilon() == pytest.approx(ledger.epsilon())
-    with pytest.raises(shoal.CheckpointError, match="noise_multiplier = 1.0, this run 0.5"):
+    with pytest.raises(shoal.CheckpointError, match=r"noise_multiplier = 1\.0, this run 0\.5"):
         PrivacyLedger(0.5, 1e-5, "rdp").load_state_dict(state)
     with pytest.raises(shoal.CheckpointError, match="accountant"):
         PrivacyLedger(1.0, 1e-5, "pld").load_state_dict(state)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import shoal
+from shoal import metrics
 from shoal.client import TorchTrainer
 from shoal.config import StrategyConfig
 from shoal.messages import TrainResult
-from shoal import metrics
 from shoal.metrics import declare, reduce_metrics
 from shoal.runtime.validation import ResultLimits, check_claims
 

@@ -79,7 +79,12 @@ def test_the_cohort_path_runs_feddyn_like_the_one_by_one_trainer(three_clients):
     vec_backend = VectorizedBackend(trainer, linear, three_clients, cohort_size=2)
     vec_backend._sequential.train = lambda tasks: pytest.fail("the cohort fell back to one by one")
     vec = shoal.simulate(
-        linear, three_clients, FedDyn(clients_per_round=2, alpha=ALPHA), trainer, rounds=4, backend=vec_backend
+        linear,
+        three_clients,
+        FedDyn(clients_per_round=2, alpha=ALPHA),
+        trainer,
+        rounds=4,
+        backend=vec_backend,
     )
     np.testing.assert_allclose(vec.params, seq.params, rtol=1e-4, atol=1e-5)
     assert len(vec_backend.state_dict()["clients"]["ids"]) == 3  # every client kept its g_k
