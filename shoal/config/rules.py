@@ -1,0 +1,76 @@
+"""Rules that span sections: combinations of settings that would run but be wrong.
+
+Each section checks its own values (``schema.py``); these checks need two or more
+sections at once (central DP with SCAFFOLD, secure aggregation with a norm bound, ...).
+Every refusal says what to change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shoal.config.names import PrivacyMode, SecAggMode, StrategyName, TransformName
+from shoal.errors import ConfigError
+from shoal.runtime.backend import BackendName
+
+if TYPE_CHECKING:
+    from shoal.config.schema import RunConfig
+
+
+def check(cfg: RunConfig) -> None:
+    """Every rule that spans sections; RunConfig runs it on construction."""
+    if cfg.privacy.mode is PrivacyMode.CENTRAL:
+        # Central DP merges the cohort into one noised average before the strategy sees it.
+        if cfg.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA):
+            raise ConfigError(
+                f"privacy.mode = 'central' noises one averaged update; {cfg.strategy.name.value} needs "
+                "each client's own vectors: use fedavg, fedprox, fedavgm or an adaptive optimizer"
+            )
+        if cfg.strategy.drop_stragglers:
+            raise ConfigError("privacy.mode = 'central' aggregates every result; set drop_stragglers = false")
+    _check_client_algorithm(cfg)
+    if cfg.secagg.mode is not SecAggMode.NONE and cfg.he.enabled:
+        raise ConfigError("choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])")
+    if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
+        _check_hidden_updates(cfg)
+
+
+def _check_client_algorithm(cfg: RunConfig) -> None:
+    """Settings a client algorithm's update rule is not derived for, refused up front."""
+    name, t = cfg.strategy.name, cfg.trainer
+    if name is StrategyName.SCAFFOLD and (t.optimizer.value != "sgd" or t.momentum):
+        raise ConfigError(
+            "scaffold's control update (option II) assumes plain local SGD: "
+            "set trainer.optimizer = 'sgd' and trainer.momentum = 0"
+        )
+    if name is StrategyName.FEDNOVA and (t.optimizer.value != "sgd" or t.weight_decay):
+        raise ConfigError(
+            "fednova normalizes local SGD (with or without momentum): "
+            "set trainer.optimizer = 'sgd' and trainer.weight_decay = 0"
+        )
+
+
+def _check_hidden_updates(cfg: RunConfig) -> None:
+    """Secure and homomorphic aggregation show the server only the sum."""
+    if cfg.secagg.mode is not SecAggMode.NONE and cfg.backend is BackendName.RAY:
+        raise ConfigError(
+            "secure aggregation runs with the inprocess and vectorized backends, not ray (the "
+            "devices' protocol halves live in this process); use backend = 'inprocess'"
+        )
+    if cfg.privacy.mode is PrivacyMode.CENTRAL:
+        raise ConfigError(
+            "secure and homomorphic aggregation hide each update, so the server cannot clip them for "
+            "central DP; use privacy.mode = 'local' (each device clips and noises)"
+        )
+    if cfg.strategy.max_update_norm is not None:
+        raise ConfigError(
+            "strategy.max_update_norm needs each client's update, which secure and homomorphic "
+            "aggregation hide; bound norms on the device instead (privacy.mode = 'local' clips them)"
+        )
+    if TransformName.HALF_PRECISION in cfg.transforms:
+        raise ConfigError("secagg and he encode updates themselves; drop the half-precision transform")
+    if cfg.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA) or cfg.strategy.drop_stragglers:
+        raise ConfigError(
+            "secure and homomorphic aggregation reveal only the sum; "
+            f"{cfg.strategy.name.value} with these settings needs each client's own vectors"
+        )
