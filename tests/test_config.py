@@ -82,5 +82,7 @@ def test_overrides_and_flags():
 
 def test_a_norm_bound_needs_updates_the_server_can_see():
     with pytest.raises(ConfigError, match="max_update_norm"):
-        c.from_dict({"strategy": {"max_update_norm": 5.0}, "secagg": {"mode": "secagg"}, "backend": "inprocess"})
+        c.from_dict(
+            {"strategy": {"max_update_norm": 5.0}, "secagg": {"mode": "secagg"}, "backend": "inprocess"}
+        )
     assert c.from_dict({"strategy": {"max_update_norm": 5.0}}).strategy.max_update_norm == 5.0
