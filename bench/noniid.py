@@ -48,6 +48,7 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "FedAdam": {"name": "fedadam", "server_lr": 0.03},
     "FedAvgM": {"name": "fedavgm", "server_lr": 1.0, "server_momentum": 0.9},
     "FedNova": {"name": "fednova"},
+    "FedDyn": {"name": "feddyn", "feddyn_alpha": 0.01},
 }
 SYNTHETIC = {"synthetic(0,0)": (0.0, 0.0), "synthetic(0.5,0.5)": (0.5, 0.5), "synthetic(1,1)": (1.0, 1.0)}
 

@@ -1,6 +1,6 @@
 """Client side: the app protocol, the default trainer and the runner that wraps them."""
 
-from shoal.client.algorithm import ClientAlgorithm, GradientTerm, LocalRun
+from shoal.client.algorithm import ClientAlgorithm, ClientOutput, GradientTerm, LocalRun
 from shoal.client.algorithm import register as register_client_algorithm
 from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
 from shoal.client.trainer import OptimizerName, TorchClient, TorchTrainer, evaluate_module
@@ -8,6 +8,7 @@ from shoal.client.trainer import OptimizerName, TorchClient, TorchTrainer, evalu
 __all__ = [
     "AppBuilder",
     "ClientAlgorithm",
+    "ClientOutput",
     "ClientApp",
     "GradientTerm",
     "LocalRun",

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import shoal
 from shoal import config as c
 from shoal.data import synthetic
 from shoal.errors import DataError
@@ -53,5 +54,5 @@ def test_config_and_errors():
     assert len(data) == 12 and data.name == "synthetic(1,1)"
     with pytest.raises(DataError, match="standard deviations"):
         synthetic(-1, 0)
-    with pytest.raises(c.ConfigError, match="synthetic_alpha"):
+    with pytest.raises(shoal.ConfigError, match="synthetic_alpha"):
         c.from_dict({"data": {"synthetic_alpha": -1}})
