@@ -228,7 +228,9 @@ class PrivacyConfig:
 class SecAggConfig:
     mode: SecAggMode = SecAggMode.NONE
     bound: float = 1.0  # update coordinates are clamped to [-bound, bound] for fixed point
-    threshold: float = 0.5  # share of a client's neighbours that must stay to unmask
+    # share of a client's neighbours that must stay to unmask; >= 2/3: the bound Bonawitz et
+    # al. 2017 prove against an active server (t > 2k/3), checked by SecureAggregation
+    threshold: float = 2 / 3
     degree: int | None = None  # secagg+: graph degree (None: about 3 log2 of the cohort)
 
     def __post_init__(self) -> None:
