@@ -114,7 +114,7 @@ class SecureAggregation:
     def __post_init__(self) -> None:
         if not self.bound > 0:
             raise ConfigError(f"secure aggregation bound must be > 0, got {self.bound}")
-        if not 0 < self.threshold < 1:  # TEMP: strict check lands last (config.py default is 0.5)
+        if not ACTIVE_BOUND <= self.threshold < 1:
             raise ConfigError(
                 f"secure aggregation threshold must be in [2/3, 1), got {self.threshold}: a secret needs "
                 "t = floor(threshold * k) + 1 of a client's k neighbours, and Bonawitz et al. 2017 prove "
