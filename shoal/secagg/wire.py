@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -167,7 +167,9 @@ class Setup:
     scale: float
 
     def pack(self) -> bytes:
-        return pack("setup", {**asdict(self), "neighbors": list(self.neighbors)})
+        s = self  # field by field: dataclasses.asdict deep-copies, a cost per client per round
+        fields = {"round": s.round, "index": s.index, "threshold": s.threshold, "dimension": s.dimension}
+        return pack("setup", {**fields, "neighbors": list(s.neighbors), "bound": s.bound, "scale": s.scale})
 
 
 def read_setup(data: bytes) -> Setup:
