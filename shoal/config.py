@@ -273,7 +273,7 @@ class SecAggMode(enum.StrEnum):
 class SecAggConfig:
     mode: SecAggMode = SecAggMode.NONE
     bound: float = 1.0  # update coordinates are clamped to [-bound, bound] for fixed point
-    threshold: float = 0.5  # share of a client's neighbours that must stay to unmask
+    threshold: float = 2 / 3  # share of each neighbourhood that must stay; below 2/3 is refused (t > 2k/3)
     degree: int | None = None  # secagg+: graph degree (None: about 3 log2 of the cohort)
 
     def __post_init__(self) -> None:
