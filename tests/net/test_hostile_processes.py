@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from shoal.net.auth import token_digest
 from tests.net.attackers import IdleUploads
 from tests.net.procs import CONFIG, free_port, records, shoal, stop, wait_for
 
@@ -16,9 +17,9 @@ def _server(config, out, address, *extra, log):
     return shoal(*args, "--insecure", *extra, log=log)
 
 
-def _client(config, address, cid, log):
+def _client(config, address, cid, log, *extra, env=None):
     args = ["client", "--server", address, "--config", str(config), "--client-id", cid, "--insecure"]
-    return shoal(*args, "--give-up", "60", log=log)
+    return shoal(*args, "--give-up", "60", *extra, log=log, env=env)
 
 
 def _listening(address: str) -> bool:
@@ -62,10 +63,18 @@ def test_diverged_training_costs_the_update_not_the_device_and_a_done_run_resume
     config.write_text(CONFIG.replace("rounds = 8", "rounds = 2").replace("lr = 0.3", "lr = 1e30")
                       .replace("local_epochs = 3", "local_epochs = 1"))  # fmt: skip
     address, out = f"127.0.0.1:{free_port()}", tmp_path / "out"
-    server = _server(
-        config, out, address, "--min-clients", "3", "--round-timeout", "15", log=tmp_path / "s.log"
-    )
-    clients = [_client(config, address, c, tmp_path / f"c{c}.log") for c in "012"]
+    # per-device tokens: two devices read theirs from a file, one from SHOAL_TOKEN
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join(f"{c} {token_digest('token-' + c)}\n" for c in "0123"))
+    for c in "01":
+        (tmp_path / f"token-{c}").write_text(f"token-{c}\n")
+    extra = ["--min-clients", "3", "--round-timeout", "15", "--tokens", str(tokens)]
+    server = _server(config, out, address, *extra, log=tmp_path / "s.log")
+    clients = [
+        _client(config, address, c, tmp_path / f"c{c}.log", "--token-file", str(tmp_path / f"token-{c}"))
+        for c in "01"
+    ]
+    clients.append(_client(config, address, "2", tmp_path / "c2.log", env={"SHOAL_TOKEN": "token-2"}))
     try:
         assert server.wait(timeout=60) == 0, (tmp_path / "s.log").read_text()
         for c, p in zip("012", clients, strict=True):
@@ -82,7 +91,8 @@ def test_diverged_training_costs_the_update_not_the_device_and_a_done_run_resume
     # server finishes the run at once, without waiting for devices that have left
     (out / "model.safetensors").unlink()
     (out / "summary.json").unlink()
-    resumed = _server(config, out, address, "--resume", "--join-timeout", "120", log=tmp_path / "r.log")
+    extra = ["--resume", "--join-timeout", "120", "--tokens", str(tokens)]
+    resumed = _server(config, out, address, *extra, log=tmp_path / "r.log")
     try:
         assert resumed.wait(timeout=30) == 0, (tmp_path / "r.log").read_text()
     finally:
