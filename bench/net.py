@@ -31,9 +31,11 @@ from shoal.client import TorchTrainer
 from shoal.data import iid
 from shoal.messages import TrainTask, decode, encode
 from shoal.models import mcmahan_cnn
+from shoal.net.backend import GrpcBackend
 from shoal.net.certs import make_certs
-from shoal.net.client import ClientTLS, Device
-from shoal.net.server import GrpcBackend, TLSFiles, start_server
+from shoal.net.client import Device
+from shoal.net.server import start_server
+from shoal.net.tls import ClientTLS, TLSFiles
 from shoal.runtime import initial_params
 
 

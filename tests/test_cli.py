@@ -151,3 +151,28 @@ def test_central_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, capsys
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dp_epsilon"] <= 6 and summary["rounds"] < 50 and "privacy budget" in summary["stopped"]
     assert "Privacy spent" in (out / "report.html").read_text()
+
+
+def test_the_network_commands_refuse_secrets_on_the_command_line_and_odd_ids(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('[data]\ndataset = "digits"\nnum_clients = 4\n')
+    client = ["client", "--server", "127.0.0.1:1", "--config", str(config), "--insecure"]
+    assert main([*client, "--client-id", "0", "--token", "s3cret"]) == 2
+    err = capsys.readouterr().err
+    assert "--token-file" in err and "SHOAL_TOKEN" in err and "s3cret" not in err
+    assert main([*client, "--client-id", "0\nINFO shoal.server: forged"]) == 2
+    assert "--client-id '0\\nINFO shoal.server: forged' is not a valid client id" in capsys.readouterr().err
+    assert main([*client, "--client-id", "0", "--token-file", str(tmp_path / "missing")]) == 2
+    assert "token file" in capsys.readouterr().err
+    assert main(["certs", str(tmp_path / "certs"), "--clients", "0,a b"]) == 2
+    assert "not a valid client id" in capsys.readouterr().err
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a/b " + "0" * 64 + "\n")
+    server = ["server", "--config", str(config), "--insecure", "--tokens", str(tokens), "--quiet"]
+    assert main([*server, "--out", str(tmp_path / "out"), "--address", "127.0.0.1:0"]) == 2
+    assert "not a valid client id" in capsys.readouterr().err
+
+
+def test_python_dash_m_shoal_cli_is_the_shoal_command():
+    done = subprocess.run(_shoal("privacy", "--rounds", "3"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--clients and --clients-per-round" in done.stderr

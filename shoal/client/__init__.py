@@ -8,8 +8,8 @@ from shoal.client.trainer import OptimizerName, TorchClient, TorchTrainer, evalu
 __all__ = [
     "AppBuilder",
     "ClientAlgorithm",
-    "ClientOutput",
     "ClientApp",
+    "ClientOutput",
     "GradientTerm",
     "LocalRun",
     "OptimizerName",

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shoal.net.auth import check_client_id
 
 _DAYS = 365
 
@@ -33,13 +36,22 @@ def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a key readable by its owner only from the first byte: a file written and then
+    chmod'ed is readable by everyone in between."""
+    path.unlink(missing_ok=True)  # O_CREAT keeps an old file's mode; O_EXCL makes a new one
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-    path.with_suffix(".key").write_bytes(
+    _write_private(
+        path.with_suffix(".key"),
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        ),
     )
-    path.with_suffix(".key").chmod(0o600)
     path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -60,6 +72,8 @@ def _builder(
 
 def make_certs(out: str | Path, hosts: list[str], clients: list[str]) -> Path:
     """Write ca.pem/ca.key, server.pem/server.key and <client>.pem/.key into ``out``."""
+    for cid in clients:  # the id becomes a common name and a file name: refuse odd ones first
+        check_client_id(cid)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ca_key = _key()

@@ -1,55 +1,48 @@
 """A device: joins a shoal server, trains the tasks it is given, sends the results back.
 
-The same :class:`~shoal.client.app.ClientApp` and update transforms as in simulation run
-here, through :func:`~shoal.client.app.run_train`, so a model trained over the network
-equals the simulated one for the same seed. The device keeps its own client state
-(SCAFFOLD's control variate) across rounds. Every call has a deadline; a lost connection
-is retried with exponential backoff and jitter, so a restarted server finds its devices
-again on its own.
+The same :class:`~shoal.client.ClientApp` and update transforms as in simulation run
+here, through :func:`~shoal.client.run_train`, so a model trained over the network equals
+the simulated one for the same seed. The device keeps its own client state (SCAFFOLD's
+control variate) across rounds. Every call has a deadline; a lost connection is retried
+with exponential backoff and jitter, so a restarted server finds its devices again.
+
+A device never dies of its own work: diverged training (a non-finite loss or update), an
+exception in the app, a transform or the protocol half, or a result the wire cannot carry
+is reported to the server as a ``Failure(error)`` with the reason, and the device goes on
+serving. It identifies itself in each call's metadata and never imports the server.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
-import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 
-from shoal.client.app import ClientApp, run_evaluate, run_train
+from shoal.client import ClientApp, run_evaluate, run_train
 from shoal.client.state import ClientStateStore
 from shoal.data.datasets import ClientData
-from shoal.errors import ConfigError, ShoalError
-from shoal.messages import EvalTask, TrainResult, TrainTask, decode, encode
+from shoal.errors import ConfigError, WireFormatError
+from shoal.messages import EvalTask, Failure, FailureKind, Message, TrainResult, TrainTask, decode, encode
+from shoal.net.auth import ID_HEADER, TOKEN_HEADER, check_client_id
+from shoal.net.chunks import MAX_CHUNK_MESSAGE, ChunkReader, chunk_stream
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.proto import shoal_pb2_grpc as rpc
-from shoal.net.server import CHUNK_BYTES, chunk_stream
-from shoal.secagg.protocol import SecAggClient
-from shoal.secagg.transform import SecureAggregation
+from shoal.net.tls import ClientTLS
+from shoal.secagg import SecAggClient, SecureAggregation
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.client")
 
+__all__ = ["ClientTLS", "Device", "DeviceState"]
 
-@dataclass(frozen=True)
-class ClientTLS:
-    ca: Path  # the CA that signed the server's certificate
-    cert: Path | None = None  # this device's certificate (mutual TLS)
-    key: Path | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        for p in (self.ca, self.cert, self.key):
-            if p is not None and not Path(p).is_file():
-                raise ConfigError(f"TLS file {p} does not exist")
-        return grpc.ssl_channel_credentials(
-            Path(self.ca).read_bytes(),
-            Path(self.key).read_bytes() if self.key else None,
-            Path(self.cert).read_bytes() if self.cert else None,
-        )
+MAX_REASON = 2000  # characters of a failure's reason sent to the server
 
 
 @dataclass
@@ -63,6 +56,17 @@ class DeviceState:
         return pb.DeviceState(
             charging=self.charging, unmetered=self.unmetered, idle=self.idle, battery=self.battery
         )
+
+
+def diverged(result: TrainResult) -> str | None:
+    """Why a result of training is not worth sending (a non-finite metric or vector)."""
+    for name, value in result.metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"training diverged: metric {name!r} is {value}"
+    for key, array in result.payload.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return f"training diverged: {key!r} holds non-finite values"
+    return None
 
 
 class Device:
@@ -81,16 +85,20 @@ class Device:
         call_timeout_s: float = 60.0,
         model_digest: str = "",  # ParamSpec.digest() of the local model; checked against the server's
         state_file: Path | None = None,  # where this device keeps its client state across restarts
+        max_task_bytes: int = 1 << 30,  # the largest task this device accepts from the server
     ) -> None:
+        self.client_id = check_client_id(client_id)
         self.model_digest, self.state_file = model_digest, state_file
-        self.client_id, self.app, self.data = client_id, app, data
+        self.app, self.data = app, data
         self.transforms, self.run_seed = list(transforms), run_seed
         self.state = state or DeviceState()
-        self.call_timeout_s = call_timeout_s
-        self.metadata = [("shoal-token", token)] if token else []
+        self.call_timeout_s, self.max_task_bytes = call_timeout_s, max_task_bytes
+        self.metadata: tuple[tuple[str, str], ...] = ((ID_HEADER, client_id),)
+        if token:
+            self.metadata += ((TOKEN_HEADER, token),)
         opts = [
-            ("grpc.max_receive_message_length", 4 * CHUNK_BYTES),
-            ("grpc.max_send_message_length", 4 * CHUNK_BYTES),
+            ("grpc.max_receive_message_length", MAX_CHUNK_MESSAGE),
+            ("grpc.max_send_message_length", MAX_CHUNK_MESSAGE),
         ]
         if tls is None:
             self.channel = grpc.insecure_channel(address, options=opts)
@@ -102,13 +110,8 @@ class Device:
             self.client_states.load(state_file, client_id)
         self.tasks_done = 0
 
-    def _caller(self) -> pb.Caller:
-        return pb.Caller(
-            client_id=self.client_id, nonce=secrets.randbits(63), timestamp_ms=int(time.time() * 1000)
-        )
-
     def join(self) -> pb.JoinReply:
-        request = pb.JoinRequest(caller=self._caller(), state=self.state.message())
+        request = pb.JoinRequest(state=self.state.message())
         reply: pb.JoinReply = self.stub.Join(request, timeout=self.call_timeout_s, metadata=self.metadata)
         if self.model_digest and reply.model_hash and reply.model_hash != self.model_digest:
             raise ConfigError(
@@ -119,58 +122,83 @@ class Device:
 
     def _fetch(self, wait_ms: int) -> TrainTask | EvalTask | bytes | str:
         """The next task, a secure-aggregation message (bytes), or "none" / "done"."""
-        request = pb.TaskRequest(caller=self._caller(), wait_ms=wait_ms)
         stream = self.stub.GetTask(
-            request, timeout=self.call_timeout_s + wait_ms / 1000, metadata=self.metadata
+            pb.TaskRequest(wait_ms=wait_ms),
+            timeout=self.call_timeout_s + wait_ms / 1000,
+            metadata=self.metadata,
         )
-        parts, total, kind = [], 0, ""
-        for chunk in stream:
-            if chunk.kind not in ("task", "secagg"):
-                return str(chunk.kind)
-            total, kind = chunk.total_bytes, chunk.kind
-            parts.append(chunk.data)
-        payload = b"".join(parts)
-        if len(payload) != total:
-            raise ConnectionError("task stream ended early")
-        if kind == "secagg":
-            return payload
-        task = decode(payload)
+        reader = ChunkReader({"task", "secagg"}, self.max_task_bytes)
+        try:
+            for chunk in stream:
+                if chunk.kind in ("none", "done") and chunk.index == 0 and not reader.count:
+                    return str(chunk.kind)
+                reader.add(chunk)
+            payload = reader.payload()
+            if reader.kind == "secagg":
+                return bytes(payload)
+            task = decode(payload, max_bytes=self.max_task_bytes)
+        except WireFormatError as exc:  # a broken stream costs this task, not the device
+            log.warning("the server sent a task this device cannot read: %s", exc)
+            return "none"
         if isinstance(task, TrainTask | EvalTask) and task.client_id == self.client_id:
             return task
-        raise ConnectionError("the server sent something other than a task for this device")
+        log.warning("the server sent something other than a task for this device; ignored")
+        return "none"
 
     def _put(self, payload: bytes, kind: str = "result") -> pb.PutReply:
-        chunks: Iterator[pb.Chunk] = chunk_stream(kind, payload, self._caller())
-        reply: pb.PutReply = self.stub.PutResult(chunks, timeout=self.call_timeout_s, metadata=self.metadata)
+        reply: pb.PutReply = self.stub.PutResult(
+            chunk_stream(kind, payload), timeout=self.call_timeout_s, metadata=self.metadata
+        )
         return reply
 
+    def _answer(self, task: TrainTask | EvalTask, work: Callable[[], Message]) -> tuple[Message, bytes]:
+        """What to send for ``task``: the work's outcome, or a Failure that says why not."""
+        try:
+            outcome = work()
+            reason = diverged(outcome) if isinstance(outcome, TrainResult) else None
+            if reason is None:
+                return outcome, encode(outcome)
+        except Exception as exc:  # a device must never die of its own training
+            reason = f"{type(exc).__name__}: {exc}"
+        log.warning("round %d: sending a failure: %s", task.round, reason)
+        failure = Failure(task.round, self.client_id, FailureKind.ERROR, reason[:MAX_REASON])
+        return failure, encode(failure)
+
     def step(self, wait_ms: int = 5000) -> str:
-        """Ask for one task and answer it; returns "trained", "evaluated", "none" or "done"."""
+        """Ask for one task and answer it; returns "trained", "evaluated", "failed",
+        "protocol", "none" or "done"."""
         task = self._fetch(wait_ms)
         if isinstance(task, str):
             return task
         if isinstance(task, bytes):  # a secure-aggregation stage: this device's protocol half answers
             try:
                 answer = self._secagg_half().handle(task)
-            except (ShoalError, ValueError, KeyError) as exc:
+            except Exception as exc:
                 log.warning("secure aggregation message refused: %s", exc)
                 answer = b""  # the server counts us out of this round
             self._put(answer, "secagg")
             return "protocol"
         state = self.client_states.get(self.client_id)
         if isinstance(task, TrainTask):
-            trained = run_train(self.app, task, self.data, self.transforms, self.run_seed, state)
-            reply, kind = self._put(encode(trained)), "trained"
-            if reply.accepted and isinstance(trained, TrainResult):  # kept only if the server took it
-                self.client_states.put(self.client_id, state)
-                if self.state_file is not None:
-                    self.client_states.save(self.state_file, self.client_id)
+            train_task = task
+            outcome, payload = self._answer(
+                task,
+                lambda: run_train(self.app, train_task, self.data, self.transforms, self.run_seed, state),
+            )
         else:
-            reply, kind = self._put(encode(run_evaluate(self.app, task, self.data))), "evaluated"
+            eval_task = task
+            outcome, payload = self._answer(task, lambda: run_evaluate(self.app, eval_task, self.data))
+        reply = self._put(payload)
+        if reply.accepted and isinstance(outcome, TrainResult):  # kept only if the server took it
+            self.client_states.put(self.client_id, state)
+            if self.state_file is not None:
+                self.client_states.save(self.state_file, self.client_id)
         if not reply.accepted:
-            log.warning("server refused our result for round %d: %s", task.round, reply.reason)
+            log.warning("server refused our answer for round %d: %s", task.round, reply.reason)
         self.tasks_done += 1
-        return kind
+        if isinstance(outcome, Failure):
+            return "failed"
+        return "trained" if isinstance(task, TrainTask) else "evaluated"
 
     def _secagg_half(self) -> SecAggClient:
         for t in self.transforms:

@@ -1,9 +1,9 @@
 """``shoal server`` and ``shoal client`` as Python calls: the same config file drives both.
 
 The server builds the run exactly as a simulation would (model, strategy, transforms,
-evaluation, checkpoints) but with a :class:`~shoal.net.server.GrpcBackend` in place of
-simulated clients. A device loads the same config for the model, trainer and the
-client halves of the transforms, and its own data.
+evaluation, checkpoints, result limits) but with a :class:`~shoal.net.backend.GrpcBackend`
+in place of simulated clients. A device loads the same config for the model, trainer and
+the client halves of the transforms, and its own data.
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from shoal import config as cfgmod
 from shoal import experiment
 from shoal.data.datasets import ClientData
 from shoal.errors import ConfigError
-from shoal.net.client import ClientTLS, Device
+from shoal.net.auth import check_client_id
+from shoal.net.backend import GrpcBackend, NetworkChannel
+from shoal.net.client import Device
 from shoal.net.registry import Registry
-from shoal.net.server import GrpcBackend, NetworkChannel, TLSFiles, start_server
+from shoal.net.server import start_server
+from shoal.net.tls import ClientTLS, TLSFiles
+from shoal.net.uploads import UploadRules, secagg_answer_bytes, train_result_bytes
 from shoal.params import ParamSpec
-from shoal.runtime.history import History
+from shoal.runtime import History
 from shoal.runtime.simulation import Callback
-from shoal.secagg.transform import SecureAggregation
+from shoal.secagg import SecureAggregation
 
 log = logging.getLogger("shoal.server")
 
@@ -54,7 +58,7 @@ def serve(
     model = experiment.model_factory(cfg, data)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
     transforms = experiment.build_transforms(cfg, len(data))
-    spec_hash = ParamSpec.from_module(model()).digest()
+    spec = ParamSpec.from_module(model())
     wanted = strategy.num_to_select(len(data))
     commit_fraction = 1.0
     if over_selection > 0:  # pick more devices than needed; the round commits with the first answers
@@ -62,12 +66,21 @@ def serve(
             raise ConfigError(f"over_selection is a share of the cohort in (0, 1], got {over_selection}")
         strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
         commit_fraction = wanted / strategy.clients_per_round
+    rules = UploadRules(
+        limits=cfg.strategy.limits(data.sizes().values()),
+        num_params=spec.num_params,
+        payload_keys=tuple(getattr(strategy, "payload_keys", ("delta",))),
+        # a transform's device half may rewrite the payload (half precision, masks): the round
+        # loop then checks the vectors after the server halves, as in simulation
+        check_payload=not transforms,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(out_dir / "server.sqlite")
     backend = GrpcBackend(
         round_timeout_s=round_timeout_s,
         expected_clients=data.client_ids,
-        model_hash=spec_hash,
+        rules=rules,
+        model_hash=spec.digest(),
         run_id=out_dir.name,
         tokens=tokens,
         registry=registry,
@@ -81,16 +94,19 @@ def serve(
         (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
         (out_dir / "metrics.jsonl").write_text("")
     try:
-        need = min_clients or wanted
-        log.info("listening on %s; waiting for %d devices", address, need)
-        joined = backend.wait_for_clients(need, join_timeout_s)
-        if len(joined) < need:
-            raise ConfigError(f"only {len(joined)} of {need} devices joined within {join_timeout_s:g} s")
         sim = experiment.build(
             cfg, out_dir, data=data, strategy=strategy, transforms=transforms, backend=backend
         )
         if resume:
             sim.resume()
+        # A run whose rounds are all done (killed after its last checkpoint, before the model
+        # was saved) finishes at once: its devices may have left for good.
+        if sim.round < cfg.rounds and not sim.stop_reason():
+            need = min_clients or wanted
+            log.info("listening on %s; waiting for %d devices", address, need)
+            joined = backend.wait_for_clients(need, join_timeout_s)
+            if len(joined) < need:
+                raise ConfigError(f"only {len(joined)} of {need} devices joined within {join_timeout_s:g} s")
         history = sim.run(cfg.rounds, [registry.round_finished, *callbacks])
         return experiment.finish(sim, history, cfg, out_dir)
     finally:
@@ -111,6 +127,7 @@ def device_for(
 ) -> Device:
     """A device for ``client_id``: its shard of the config's data unless ``data`` is given."""
     _refuse_unsupported(cfg)
+    check_client_id(client_id)
     federated = experiment.load_data(cfg)
     if data is None:
         if client_id not in federated.clients:
@@ -118,6 +135,10 @@ def device_for(
         data = federated[client_id]
     model = experiment.model_factory(cfg, federated)
     transforms = experiment.build_transforms(cfg, len(federated))
+    spec = ParamSpec.from_module(model())
+    # a task carries the model and at most one more vector of its size (SCAFFOLD's control);
+    # a secure-aggregation message, a share or key per peer
+    biggest = 2 * train_result_bytes(spec.num_params, ("params",)) + secagg_answer_bytes(len(federated))
     return Device(
         address,
         client_id,
@@ -127,6 +148,7 @@ def device_for(
         run_seed=cfg.seed,
         tls=tls,
         token=token,
-        model_digest=ParamSpec.from_module(model()).digest(),
+        model_digest=spec.digest(),
         state_file=state_dir / f"client-{client_id}.state.safetensors" if state_dir else None,
+        max_task_bytes=biggest,
     )

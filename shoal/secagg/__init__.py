@@ -1,18 +1,25 @@
-"""Secure aggregation: Bonawitz et al. 2017 and SecAgg+ (Bell et al. 2020)."""
+"""Secure aggregation: Bonawitz et al. 2017 (with its active-server ConsistencyCheck) and
+SecAgg+ (Bell et al. 2020). Modules: ``common`` (stages, errors, graph, threshold rule),
+``client`` and ``server`` (the two protocol halves), ``wire`` (messages and their schemas),
+``shamir``, ``crypto``, ``transform`` (the update transform)."""
 
-from shoal.secagg.protocol import (
+from shoal.secagg.client import SecAggClient
+from shoal.secagg.common import (
+    ACTIVE_BOUND,
     ProtocolError,
-    SecAggClient,
-    SecAggServer,
     Stage,
     ThresholdError,
     complete_graph,
     harary_graph,
     secagg_plus_degree,
+    secure_threshold,
+    threshold_for,
 )
+from shoal.secagg.server import SecAggServer
 from shoal.secagg.transform import LocalDevices, SecureAggregation
 
 __all__ = [
+    "ACTIVE_BOUND",
     "LocalDevices",
     "ProtocolError",
     "SecAggClient",
@@ -23,4 +30,6 @@ __all__ = [
     "complete_graph",
     "harary_graph",
     "secagg_plus_degree",
+    "secure_threshold",
+    "threshold_for",
 ]

@@ -1,5 +1,7 @@
 """The primitives of secure aggregation, all from ``cryptography``.
 
+- Signatures: Ed25519, a fresh key per round, for the ConsistencyCheck (Bonawitz et al.
+  2017, Fig. 4, Round 3).
 - Key agreement: X25519; every shared secret goes through HKDF-SHA256 with a context
   label (round, purpose, the two parties), so one agreement never keys two things.
 - Share encryption between clients: AES-256-GCM (authenticated), fresh 96-bit nonce, the
@@ -17,7 +19,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,6 +49,40 @@ class KeyPair:
     @classmethod
     def from_secret(cls, raw: bytes) -> KeyPair:
         return cls(X25519PrivateKey.from_private_bytes(raw))
+
+
+_PROBE = X25519PrivateKey.generate()  # a throwaway key to test others' keys with; it keys nothing
+
+
+def usable_exchange_key(public: bytes) -> bool:
+    """Whether an advertised X25519 key can be agreed with: a low-order point (all zeros, say)
+    makes every peer's exchange fail, so one client could knock its neighbours out."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
+class SigningKey:
+    """A per-round Ed25519 key; ``public`` is the raw 32 bytes that travel."""
+
+    def __init__(self) -> None:
+        self.private = Ed25519PrivateKey.generate()
+        self.public = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private.sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def agree(private: X25519PrivateKey, peer_public: bytes, context: bytes) -> bytes:

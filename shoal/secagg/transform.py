@@ -14,7 +14,6 @@ carry; ``channel.vanish`` lets tests and benchmarks make clients drop at a chose
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,23 +23,32 @@ import numpy as np
 from shoal.errors import ConfigError, RoundAbortedError, ShoalError
 from shoal.messages import Failure, FailureKind, Scalar, TrainResult
 from shoal.rng import Stream, seed_for
-from shoal.secagg.crypto import decode, fixed_point_scale
-from shoal.secagg.protocol import (
-    SecAggClient,
-    SecAggServer,
+from shoal.secagg.client import SecAggClient
+from shoal.secagg.common import (
+    ACTIVE_BOUND,
+    ProtocolError,
     Stage,
     ThresholdError,
     complete_graph,
     harary_graph,
     secagg_plus_degree,
+    threshold_for,
 )
+from shoal.secagg.crypto import decode, fixed_point_scale
+from shoal.secagg.server import SecAggServer
 from shoal.secagg.wire import kind_of
 from shoal.transforms.base import TransformContext, UpdateTransform, merged_result
 
 MASKED = "secagg_masked"  # the payload key of a masked input (the protocol message, as bytes)
 
 
-_STAGE_OF = {"setup": Stage.ADVERTISE, "roster": Stage.SHARE, "deliver": Stage.MASKED, "unmask": Stage.UNMASK}
+_STAGE_OF = {
+    "setup": Stage.ADVERTISE,
+    "roster": Stage.SHARE,
+    "deliver": Stage.MASKED,
+    "consistency": Stage.CONSISTENCY,
+    "unmask": Stage.UNMASK,
+}
 
 
 @dataclass
@@ -69,8 +77,32 @@ class LocalDevices:
 
 @dataclass
 class SecureAggregation(UpdateTransform):
+    """Secure aggregation of the cohort's updates, one protocol run per round.
+
+    What each setting defends against:
+
+    - ``threshold`` (t = the smallest integer above ``threshold * k`` for ``k`` neighbours)
+      is refused below 2/3: Bonawitz et al. 2017 (Section 6) prove privacy against an
+      *active* server colluding with fewer than k/3 clients only for t > 2k/3 (t > n_C
+      suffices for an honest-but-curious one). Clients enforce it too, whatever the server
+      sends. Price: a round survives fewer than k/3 dropouts per neighbourhood.
+    - The ConsistencyCheck (always on) defends against an active server that tells some
+      clients "v dropped" and others "v survived" to get both of v's secrets: clients
+      reveal shares only after t neighbours signed the same survivor set.
+    - Commitments to each self-mask seed (and the public key of each mask key) defend
+      against clients that forge shares: one forged share of a secret is outvoted when a
+      spare share exists; more, or a client committing falsely to its own seed, abort the
+      round (the model stays as it was): a wrong sum never becomes a model, though a
+      hostile client can still deny a round. Malformed messages cost only their sender.
+
+    Not defended: the signing and agreement keys reach clients through the server (there
+    is no PKI; Bonawitz et al. assume one), so a server that substitutes keys or invents
+    (Sybil) clients is outside this model. In SecAgg+ the checks are per neighbourhood,
+    and the server chooses the graph; Bell et al. 2020 analyse that setting separately.
+    """
+
     bound: float = 1.0  # every update coordinate is clamped to [-bound, bound] (clip first)
-    threshold: float = 0.5  # share of each client's neighbourhood that must stay (t = ceil(.) + 1)
+    threshold: float = ACTIVE_BOUND  # share of each neighbourhood that must stay; >= 2/3 (above)
     plus: bool = False  # SecAgg+: masks and shares along a random O(log n)-regular graph
     degree: int | None = None  # SecAgg+ graph degree; None: about 3 log2(n)
     # How the server reaches devices: the in-process LocalDevices in simulation (it also
@@ -82,8 +114,12 @@ class SecureAggregation(UpdateTransform):
     def __post_init__(self) -> None:
         if not self.bound > 0:
             raise ConfigError(f"secure aggregation bound must be > 0, got {self.bound}")
-        if not 0 < self.threshold < 1:
-            raise ConfigError(f"secure aggregation threshold must be in (0, 1), got {self.threshold}")
+        if not ACTIVE_BOUND <= self.threshold < 1:
+            raise ConfigError(
+                f"secure aggregation threshold must be in [2/3, 1), got {self.threshold}: a secret needs "
+                "t = floor(threshold * k) + 1 of a client's k neighbours, and Bonawitz et al. 2017 prove "
+                "privacy against an active server only for t > 2k/3 (with fewer than k/3 corrupt clients)"
+            )
 
     def begin_round(self, ctx: TransformContext, client_ids: Sequence[str]) -> None:
         """Stages 0-1 with the round's cohort; RoundAbortedError if too few take part."""
@@ -97,7 +133,7 @@ class SecureAggregation(UpdateTransform):
         else:
             graph = complete_graph(n)
         smallest = min(len(v) for v in graph.values())
-        t = min(smallest, max(1, math.ceil(self.threshold * smallest) + 1))
+        t = threshold_for(smallest, self.threshold)
         self.channel.open_round(client_ids)
         self._server = SecAggServer(
             ctx.round, list(client_ids), t, ctx.num_params, graph, self.channel, self.bound,
@@ -105,7 +141,7 @@ class SecureAggregation(UpdateTransform):
         )  # fmt: skip
         try:
             self._server.setup()
-        except ThresholdError as exc:
+        except (ThresholdError, ProtocolError) as exc:
             raise RoundAbortedError(str(exc)) from None
         self._metrics = {"secagg_threshold": t, "secagg_degree": smallest}
 
@@ -138,12 +174,10 @@ class SecureAggregation(UpdateTransform):
         self._server = None  # one aggregation per round
         try:
             total = server.aggregate(masked)
-        except ThresholdError as exc:
-            return out + [
-                Failure(r.round, r.client_id, FailureKind.DROPPED, str(exc))
-                for r in results
-                if MASKED in r.payload
-            ]
+        except (ThresholdError, ProtocolError) as exc:  # the model stays as it was
+            kind = FailureKind.DROPPED if isinstance(exc, ThresholdError) else FailureKind.REJECTED
+            lost = [Failure(r.round, r.client_id, kind, str(exc)) for r in results if MASKED in r.payload]
+            return out + lost
         self._metrics.update(secagg_bytes_down=server.bytes_sent, secagg_bytes_up=server.bytes_received)
         counted = [r for r in results if r.client_id in masked and r.client_id in server.survivors_of_input]
         mean = decode(total, server.scale) / np.float32(len(counted))

@@ -13,11 +13,14 @@ import pytest
 import shoal
 from shoal.client import TorchTrainer
 from shoal.errors import ConfigError
-from shoal.messages import TrainResult, TrainTask, encode
+from shoal.messages import Failure, TrainResult, TrainTask, encode
+from shoal.net.backend import EligibilityPolicy, GrpcBackend
 from shoal.net.certs import make_certs
-from shoal.net.client import ClientTLS, Device
+from shoal.net.chunks import chunk_stream
+from shoal.net.client import Device
 from shoal.net.proto import shoal_pb2 as pb
-from shoal.net.server import EligibilityPolicy, GrpcBackend, TLSFiles, chunk_stream, start_server
+from shoal.net.server import start_server
+from shoal.net.tls import ClientTLS, TLSFiles
 
 HP = TorchTrainer(lr=0.3, local_epochs=2, batch_size=16)
 
@@ -84,9 +87,7 @@ def test_an_ineligible_device_is_never_picked(served, certs, fed_digits, small_m
     assert backend.available() == ["2"]
 
 
-def test_impostors_strangers_replays_and_plaintext_are_refused(
-    served, certs, tmp_path, fed_digits, small_mlp
-):
+def test_impostors_strangers_and_plaintext_are_refused(served, certs, tmp_path, fed_digits, small_mlp):
     _, address = served
     # a certificate for client 3 used to speak as client 4
     tls = ClientTLS(certs / "ca.pem", certs / "client-3.pem", certs / "client-3.key")
@@ -112,29 +113,36 @@ def test_impostors_strangers_replays_and_plaintext_are_refused(
     with pytest.raises(grpc.RpcError) as err:
         plain.join()
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-    # a replayed request: the same nonce twice
-    honest = device(certs, address, "5", fed_digits, small_mlp)
-    caller = honest._caller()
-    request = pb.JoinRequest(caller=caller, state=honest.state.message())
-    honest.stub.Join(request, timeout=5)
-    with pytest.raises(grpc.RpcError) as err:
-        honest.stub.Join(request, timeout=5)
-    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "replayed" in err.value.details()
+
+
+def answer(backend, d, upload, params=None):
+    """Give device ``d`` a task, let it fetch it, send ``upload`` in its place; the reply
+    and what the round loop got."""
+    params = np.zeros(4, np.float32) if params is None else params
+    box = {}
+    task = TrainTask(1, d.client_id, params, 1)
+    round_ = threading.Thread(target=lambda: box.update(out=backend.train([task])))
+    round_.start()
+    fetched = d._fetch(5000)
+    assert isinstance(fetched, TrainTask) and fetched.round == task.round
+    reply = d.stub.PutResult(upload, timeout=10, metadata=d.metadata)
+    round_.join(timeout=30)
+    return reply, box["out"][0]
 
 
 def test_bad_uploads_are_refused_and_the_server_keeps_serving(served, certs, fed_digits, small_mlp):
     backend, address = served
     d = device(certs, address, "0", fed_digits, small_mlp)
     d.join()
-    reply = d.stub.PutResult(chunk_stream("result", b"SHL1garbage", d._caller()), timeout=5)
-    assert not reply.accepted and "malformed" in reply.reason
-    params = np.zeros(3, np.float32)
-    forged = TrainResult(1, "0", 1, {"delta": params})
-    reply = d.stub.PutResult(chunk_stream("result", encode(forged), d._caller()), timeout=5)
+    forged = TrainResult(1, "0", 1, {"delta": np.zeros(4, np.float32)})
+    reply = d.stub.PutResult(chunk_stream("result", encode(forged)), timeout=5, metadata=d.metadata)
     assert not reply.accepted and "no outstanding task" in reply.reason
-    huge = pb.Chunk(kind="result", index=0, count=1, total_bytes=1 << 40, data=b"x", caller=d._caller())
-    reply = d.stub.PutResult(iter([huge]), timeout=5)
-    assert not reply.accepted and "exceeds" in reply.reason
+    reply, out = answer(backend, d, chunk_stream("result", b"SHL1garbage"))
+    assert not reply.accepted and "malformed" in reply.reason
+    assert isinstance(out, Failure) and out.kind.value == "rejected" and "malformed" in out.reason
+    huge = pb.Chunk(kind="result", index=0, count=1 << 20, total_bytes=1 << 40, data=b"x")
+    reply, out = answer(backend, d, iter([huge]))
+    assert not reply.accepted and "exceeds the limit" in reply.reason and out.kind.value == "rejected"
     # and an honest round still works
     threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
     (out,) = backend.train([TrainTask(1, "0", shoal.params.from_module(small_mlp())[0], 7)])
@@ -226,16 +234,15 @@ def test_fuzzed_and_type_confused_uploads_never_hurt_the_server(served, certs, f
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(st.binary(max_size=2048), st.integers(0, 5000))
     def upload(blob, announced):
-        first = pb.Chunk(
-            kind="result", index=0, count=1, total_bytes=announced, data=blob, caller=d._caller()
-        )
-        reply = d.stub.PutResult(iter([first]), timeout=5)
-        assert not reply.accepted and reply.reason
+        first = pb.Chunk(kind="result", index=0, count=1, total_bytes=announced, data=blob)
+        reply, out = answer(backend, d, iter([first]))
+        assert not reply.accepted and reply.reason and out.kind.value == "rejected"
 
     upload()
     params = np.zeros(4, np.float32)
     for wrong in (TrainTask(1, "0", params, 1), EvalTask(1, "0", params)):  # tasks are not results
-        assert not d.stub.PutResult(chunk_stream("result", encode(wrong), d._caller()), timeout=5).accepted
+        reply, out = answer(backend, d, chunk_stream("result", encode(wrong)))
+        assert not reply.accepted and out.kind.value == "rejected"
     threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
     (out,) = backend.train([TrainTask(1, "0", shoal.params.from_module(small_mlp())[0], 3)])
     assert isinstance(out, TrainResult)  # and the server still serves an honest round
@@ -286,7 +293,7 @@ def test_models_larger_than_grpc_messages_cross_in_chunks(served, certs, fed_dig
 
 
 def test_secure_aggregation_over_the_network(served, certs, fed_digits, small_mlp):
-    from shoal.net.server import NetworkChannel
+    from shoal.net.backend import NetworkChannel
     from shoal.secagg import SecureAggregation
     from shoal.strategy import mean
 
@@ -315,9 +322,10 @@ def test_secure_aggregation_over_the_network(served, certs, fed_digits, small_ml
     np.testing.assert_allclose(networked.params, plain.params, atol=1e-5)
 
 
-def test_the_backend_implements_every_rpc_the_generated_base_leaves_unimplemented():
+def test_the_service_implements_every_rpc_the_generated_base_leaves_unimplemented():
     from shoal.net.proto import shoal_pb2, shoal_pb2_grpc
+    from shoal.net.server import Coordinator
 
     rpcs = shoal_pb2.DESCRIPTOR.services_by_name["Coordinator"].methods_by_name
     for name in rpcs:  # the generated servicer raises NotImplementedError for each of these
-        assert getattr(GrpcBackend, name) is not getattr(shoal_pb2_grpc.CoordinatorServicer, name), name
+        assert getattr(Coordinator, name) is not getattr(shoal_pb2_grpc.CoordinatorServicer, name), name

@@ -4,51 +4,18 @@ server killed with SIGKILL mid-run that resumes to the same model as the simulat
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from shoal.cli import main
 from shoal.net.certs import make_certs
+from tests.net.procs import CONFIG, free_port
+from tests.net.procs import shoal as _shoal
 
 pytestmark = pytest.mark.slow
-
-CONFIG = """rounds = 8
-seed = 3
-backend = "inprocess"
-[data]
-dataset = "digits"
-num_clients = 4
-[model]
-name = "mlp"
-hidden = [16]
-[strategy]
-clients_per_round = 3
-[trainer]
-lr = 0.3
-local_epochs = 3
-batch_size = 8
-"""
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _shoal(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    # one thread, as this test process uses: float sums then match the simulation bit for bit
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
-    )
 
 
 def _hash(text: str) -> str:
@@ -59,7 +26,7 @@ def test_server_killed_mid_run_resumes_and_devices_reconnect(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text(CONFIG)
     certs = make_certs(tmp_path / "certs", ["127.0.0.1"], ["0", "1", "2", "3"])
-    address = f"127.0.0.1:{_port()}"
+    address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "out"
     serve = ["server", "--config", str(config), "--address", address, "--out", str(out), "--quiet"]
     serve += [
@@ -109,7 +76,7 @@ def test_killed_and_frozen_devices_cost_their_updates_not_the_run(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.replace("rounds = 8", "rounds = 4").replace("num_clients = 4", "num_clients = 8")
                       .replace("clients_per_round = 3", "clients_per_round = 8"))  # fmt: skip
-    address = f"127.0.0.1:{_port()}"
+    address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "out"
     serve = [
         "server",

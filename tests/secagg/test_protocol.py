@@ -12,6 +12,7 @@ from scipy import stats
 
 from shoal.errors import WireFormatError
 from shoal.secagg import (
+    ACTIVE_BOUND,
     LocalDevices,
     ProtocolError,
     SecAggClient,
@@ -22,9 +23,10 @@ from shoal.secagg import (
     harary_graph,
     secagg_plus_degree,
     shamir,
+    threshold_for,
 )
 from shoal.secagg.crypto import decode, encode, fixed_point_scale, mask
-from shoal.secagg.wire import pack, unpack
+from shoal.secagg.wire import Consistency, Unmask, pack, unpack
 
 D = 64
 
@@ -58,7 +60,7 @@ def run_round(n, t, vanish, graph=None, dimension=D, seed=0):
 @given(st.data())
 def test_the_sum_is_exact_for_every_dropout_pattern_within_the_threshold(data):
     n = data.draw(st.integers(3, 8), label="clients")
-    t = data.draw(st.integers(1, n - 2), label="threshold")
+    t = data.draw(st.integers(2 * (n - 1) // 3 + 1, n - 1), label="threshold")  # t > 2k/3, k = n - 1
     stages = st.one_of(st.none(), st.sampled_from(list(Stage)))
     vanish = data.draw(st.lists(stages, min_size=n, max_size=n), label="vanish")
     stays = sum(v is None for v in vanish)  # clients that answer every stage
@@ -74,7 +76,7 @@ def test_the_sum_is_exact_for_every_dropout_pattern_within_the_threshold(data):
 
 @pytest.mark.parametrize("stage", list(Stage))
 def test_each_stage_survives_its_dropouts_and_aborts_beyond(stage):
-    n, t = 8, 4
+    n, t = 8, 5
     ok = [stage] * (n - t - 1) + [None] * (t + 1)
     total, plain, _, _ = run_round(n, t, ok)
     assert np.array_equal(total, plain)
@@ -89,12 +91,12 @@ def test_secagg_plus_sums_exactly_over_a_log_degree_graph():
     assert degree < n - 1 and all(len(v) == degree for v in graph.values())
     assert all(u in graph[v] for u in graph for v in graph[u])  # undirected
     vanish = [Stage.MASKED, Stage.UNMASK] + [None] * (n - 2)
-    total, plain, server, _ = run_round(n, degree // 2, vanish, graph=graph)
+    total, plain, server, _ = run_round(n, threshold_for(degree, ACTIVE_BOUND), vanish, graph=graph)
     assert np.array_equal(total, plain) and len(server.survivors_of_input) == n - 1
 
 
 def test_masked_inputs_look_uniform_and_never_equal_an_input():
-    _, _, server, inputs = run_round(6, 3, [None] * 6, dimension=4096)
+    _, _, server, inputs = run_round(6, 4, [None] * 6, dimension=4096)
     for cid, message in server.log:
         try:
             _, y = unpack(message, "masked")
@@ -151,20 +153,22 @@ def test_a_tampered_share_is_caught_by_its_recipient():
             return super().call(client_id, message)
 
     channel = Tamper({cid: SecAggClient() for cid in ids})
-    server = SecAggServer(1, ids, 2, D, complete_graph(4), channel)
+    server = SecAggServer(1, ids, 3, D, complete_graph(4), channel)
     server.setup()
     assert "b" not in [cid for cid, m in server.log if b'"ready"' in m]  # b refused the forged share
 
 
 def test_a_client_never_reveals_both_secrets_of_one_peer():
-    ids = ["a", "b", "c"]
+    ids = ["a", "b", "c", "d"]
     channel = LocalDevices({cid: SecAggClient() for cid in ids})
-    server = SecAggServer(1, ids, 1, D, complete_graph(3), channel)
+    server = SecAggServer(1, ids, 3, D, complete_graph(4), channel)
     server.setup()
-    channel.devices["a"].masked_input(np.zeros(D, np.uint32))
-    greedy = pack("unmask", {"survivors": [1, 2], "dropped": [2]})  # b as survivor and dropout
-    with pytest.raises(ProtocolError, match="both survivor and dropout"):
-        channel.devices["a"].handle(greedy)
+    a = channel.devices["a"]
+    a.masked_input(np.zeros(D, np.uint32))
+    a.handle(Consistency((1, 2, 3, 4)).pack())  # a signs "b (2) survived": it will reveal b's seed
+    greedy = Unmask((1, 3, 4), {}).pack()  # ... and is then asked as if b dropped: its key
+    with pytest.raises(ProtocolError, match="different U3"):
+        a.handle(greedy)
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,10 +9,10 @@ import shoal
 from shoal import config as c
 from shoal.errors import ConfigError
 from shoal.messages import TrainResult
-from shoal.secagg import SecureAggregation, Stage
+from shoal.secagg import LocalDevices, SecureAggregation, Stage, shamir
 from shoal.secagg.crypto import encode
 from shoal.secagg.transform import MASKED
-from shoal.secagg.wire import unpack
+from shoal.secagg.wire import kind_of, pack, unpack
 from shoal.strategy import mean
 
 TRAINER = shoal.TorchTrainer(lr=0.3, local_epochs=2, batch_size=16)
@@ -104,3 +104,61 @@ def test_config_selects_secure_aggregation_and_refuses_what_cannot_combine():
         c.from_dict({"secagg": {"mode": "secagg"}, "he": {"enabled": True}})
     with pytest.raises(ConfigError, match="scaffold"):
         c.from_dict({"he": {"enabled": True}, "strategy": {"name": "scaffold"}})
+
+
+class CorruptCohort(LocalDevices):
+    """The in-process channel, but the answers of one kind from the first ``liars`` clients of
+    each round's cohort are rewritten by ``edit(fields, vector) -> bytes``."""
+
+    def __init__(self, kind, edit, liars=1):
+        super().__init__()
+        self.kind, self.edit, self.liars, self.edits = kind, edit, liars, 0
+
+    def call(self, client_id, message):
+        answer = super().call(client_id, message)
+        hostile = client_id in sorted(self.devices)[: self.liars]
+        if answer is not None and hostile and kind_of(answer) == self.kind:
+            self.edits += 1
+            return self.edit(*unpack(answer, self.kind))
+        return answer
+
+
+def _set(kind, name, value):
+    return kind, lambda fields, vector: pack(kind, {**fields, name: value}, vector)
+
+
+def _forge_b(fields, vector):
+    """Add one to every share of a surviving neighbour's seed this client returns."""
+    shift = {u: ((int(y, 16) + 1) % shamir.PRIME).to_bytes(66, "big").hex() for u, y in fields["b"].items()}
+    return pack("unmasked", {**fields, "b": shift}, vector)
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "completed"),
+    [
+        (*_set("unmasked", "s", ["not", "a", "mapping"]), 8),  # was an AttributeError out of simulate
+        (*_set("unmasked", "b", {"2": "not hex"}), 8),
+        (*_set("shares", "sealed", ["00"]), 7),
+        (*_set("signed", "signature", "00" * 64), 8),
+        ("unmasked", _forge_b, 8),  # one forged share of each seed: outvoted, the sum stays exact
+    ],
+    ids=["s-is-a-list", "b-not-hex", "sealed-is-a-list", "bad-signature", "forged-share"],
+)
+def test_one_hostile_device_in_a_simulation_costs_only_itself(fed_digits, small_mlp, kind, edit, completed):
+    channel = CorruptCohort(kind, edit)
+    secure = shoal.simulate(small_mlp, fed_digits, _fedavg(), TRAINER, rounds=2,
+                            transforms=[SecureAggregation(bound=4.0, channel=channel)])  # fmt: skip
+    assert channel.edits == 2  # one hostile answer a round
+    assert all(not r["aborted"] and r["clients_completed"] == completed for r in secure.records)
+    if completed == 8:  # every update is in the sum, exactly: the same model as without SecAgg
+        plain = shoal.simulate(small_mlp, fed_digits, _fedavg(), TRAINER, rounds=2)
+        np.testing.assert_allclose(secure.params, plain.params, atol=1e-5)
+
+
+def test_forged_shares_that_cannot_be_outvoted_abort_the_round_and_keep_the_model(fed_digits, small_mlp):
+    secagg = SecureAggregation(bound=4.0, channel=CorruptCohort("unmasked", _forge_b, liars=2))
+    sim = shoal.Simulation(small_mlp, fed_digits, _fedavg(), TRAINER, transforms=[secagg])
+    before = sim.params.copy()
+    record = sim.step(last=1)
+    assert record["aborted"] and "rebuild" in record["failures"][0]
+    assert np.array_equal(sim.params, before)

@@ -24,31 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bshoal.proto\x12\x08shoal.v1\"@\n\x06\x43\x61ller\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"Q\n\x0b\x44\x65viceState\x12\x10\n\x08\x63harging\x18\x01 \x01(\x08\x12\x11\n\tunmetered\x18\x02 \x01(\x08\x12\x0c\n\x04idle\x18\x03 \x01(\x08\x12\x0f\n\x07\x62\x61ttery\x18\x04 \x01(\x02\"U\n\x0bJoinRequest\x12 \n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x10.shoal.v1.Caller\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.shoal.v1.DeviceState\"E\n\tJoinReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x14\n\x0cheartbeat_ms\x18\x03 \x01(\r\"Z\n\x10HeartbeatRequest\x12 \n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x10.shoal.v1.Caller\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.shoal.v1.DeviceState\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"@\n\x0bTaskRequest\x12 \n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x10.shoal.v1.Caller\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\x90\x01\n\x05\x43hunk\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\x12 \n\x06\x63\x61ller\x18\x07 \x01(\x0b\x32\x10.shoal.v1.Caller\",\n\x08PutReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xed\x01\n\x0b\x43oordinator\x12\x32\n\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x13.shoal.v1.JoinReply\x12\x41\n\tHeartbeat\x12\x1a.shoal.v1.HeartbeatRequest\x1a\x18.shoal.v1.HeartbeatReply\x12\x33\n\x07GetTask\x12\x15.shoal.v1.TaskRequest\x1a\x0f.shoal.v1.Chunk0\x01\x12\x32\n\tPutResult\x12\x0f.shoal.v1.Chunk\x1a\x12.shoal.v1.PutReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bshoal.proto\x12\x08shoal.v1\"Q\n\x0b\x44\x65viceState\x12\x10\n\x08\x63harging\x18\x01 \x01(\x08\x12\x11\n\tunmetered\x18\x02 \x01(\x08\x12\x0c\n\x04idle\x18\x03 \x01(\x08\x12\x0f\n\x07\x62\x61ttery\x18\x04 \x01(\x02\"9\n\x0bJoinRequest\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.shoal.v1.DeviceStateJ\x04\x08\x01\x10\x02\"E\n\tJoinReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x14\n\x0cheartbeat_ms\x18\x03 \x01(\r\">\n\x10HeartbeatRequest\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.shoal.v1.DeviceStateJ\x04\x08\x01\x10\x02\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"$\n\x0bTaskRequest\x12\x0f\n\x07wait_ms\x18\x02 \x01(\rJ\x04\x08\x01\x10\x02\"t\n\x05\x43hunk\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\rJ\x04\x08\x07\x10\x08\",\n\x08PutReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xed\x01\n\x0b\x43oordinator\x12\x32\n\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x13.shoal.v1.JoinReply\x12\x41\n\tHeartbeat\x12\x1a.shoal.v1.HeartbeatRequest\x1a\x18.shoal.v1.HeartbeatReply\x12\x33\n\x07GetTask\x12\x15.shoal.v1.TaskRequest\x1a\x0f.shoal.v1.Chunk0\x01\x12\x32\n\tPutResult\x12\x0f.shoal.v1.Chunk\x1a\x12.shoal.v1.PutReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLER']._serialized_start=25
-  _globals['_CALLER']._serialized_end=89
-  _globals['_DEVICESTATE']._serialized_start=91
-  _globals['_DEVICESTATE']._serialized_end=172
-  _globals['_JOINREQUEST']._serialized_start=174
-  _globals['_JOINREQUEST']._serialized_end=259
-  _globals['_JOINREPLY']._serialized_start=261
-  _globals['_JOINREPLY']._serialized_end=330
-  _globals['_HEARTBEATREQUEST']._serialized_start=332
-  _globals['_HEARTBEATREQUEST']._serialized_end=422
-  _globals['_HEARTBEATREPLY']._serialized_start=424
-  _globals['_HEARTBEATREPLY']._serialized_end=455
-  _globals['_TASKREQUEST']._serialized_start=457
-  _globals['_TASKREQUEST']._serialized_end=521
-  _globals['_CHUNK']._serialized_start=524
-  _globals['_CHUNK']._serialized_end=668
-  _globals['_PUTREPLY']._serialized_start=670
-  _globals['_PUTREPLY']._serialized_end=714
-  _globals['_COORDINATOR']._serialized_start=717
-  _globals['_COORDINATOR']._serialized_end=954
+  _globals['_DEVICESTATE']._serialized_start=25
+  _globals['_DEVICESTATE']._serialized_end=106
+  _globals['_JOINREQUEST']._serialized_start=108
+  _globals['_JOINREQUEST']._serialized_end=165
+  _globals['_JOINREPLY']._serialized_start=167
+  _globals['_JOINREPLY']._serialized_end=236
+  _globals['_HEARTBEATREQUEST']._serialized_start=238
+  _globals['_HEARTBEATREQUEST']._serialized_end=300
+  _globals['_HEARTBEATREPLY']._serialized_start=302
+  _globals['_HEARTBEATREPLY']._serialized_end=333
+  _globals['_TASKREQUEST']._serialized_start=335
+  _globals['_TASKREQUEST']._serialized_end=371
+  _globals['_CHUNK']._serialized_start=373
+  _globals['_CHUNK']._serialized_end=489
+  _globals['_PUTREPLY']._serialized_start=491
+  _globals['_PUTREPLY']._serialized_end=535
+  _globals['_COORDINATOR']._serialized_start=538
+  _globals['_COORDINATOR']._serialized_end=775
 # @@protoc_insertion_point(module_scope)

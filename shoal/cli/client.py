@@ -1,0 +1,60 @@
+"""``shoal client``: a device that joins a server and trains the tasks it is given."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from shoal import config as cfgmod
+from shoal.cli.common import tls_flags
+from shoal.errors import ShoalError
+
+TOKEN_ON_COMMAND_LINE = (
+    "--token would show the token to every user of this machine (ps, /proc); "
+    "put it on the first line of a file readable only by you and pass --token-file FILE, "
+    "or set the SHOAL_TOKEN environment variable"
+)
+
+
+def add_parser(sub: Any) -> None:
+    cli = sub.add_parser("client", help="a device: join a server and train its tasks")
+    cli.add_argument("--server", required=True, help="host:port of the shoal server")
+    cli.add_argument("--config", type=Path, required=True, help="the server's config (model, trainer, data)")
+    cli.add_argument("--client-id", required=True, help="this device's id (its certificate's common name)")
+    tls_flags(cli, "client")
+    cli.add_argument(
+        "--token-file",
+        type=Path,
+        help="a file whose first line is this device's token, if the server uses tokens (or set SHOAL_TOKEN)",
+    )
+    cli.add_argument("--token", help="refused: use --token-file or SHOAL_TOKEN (a flag shows in ps)")
+    cli.add_argument("--give-up", type=float, default=600.0, help="seconds without contact before exiting")
+    cli.add_argument("--state-dir", type=Path, help="keep this device's client state (SCAFFOLD's c_i) here")
+    cli.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, console: Console) -> int:
+    from shoal.net.auth import check_client_id, read_token
+    from shoal.net.run import device_for
+    from shoal.net.tls import ClientTLS
+
+    if args.token is not None:
+        raise ShoalError(TOKEN_ON_COMMAND_LINE)
+    check_client_id(args.client_id, "--client-id")
+    if not args.insecure and args.ca is None:
+        raise ShoalError(
+            "give --ca (the CA that signed the server's certificate), or --insecure for a local trial"
+        )
+    tls = None if args.insecure else ClientTLS(args.ca, args.cert, args.key)
+    token = read_token(args.token_file)
+    if args.state_dir is not None:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+    device = device_for(
+        cfgmod.load(args.config), args.client_id, args.server, tls, token, state_dir=args.state_dir
+    )
+    done = device.run(give_up_s=args.give_up)
+    console.print(f"client {args.client_id}: {done} tasks done; the server finished the run")
+    return 0

@@ -1,0 +1,73 @@
+"""``shoal server``: coordinate a federated run with remote devices over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from shoal import config as cfgmod
+from shoal.cli.common import print_result, tls_flags
+from shoal.errors import ShoalError
+from shoal.report import RoundProgress, render
+
+
+def add_parser(sub: Any) -> None:
+    srv = sub.add_parser(
+        "server",
+        help="coordinate a federated run with remote devices (gRPC)",
+        description="Run the config's training with devices that connect over the network (shoal client).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  shoal certs certs --clients 0,1,2\n"
+        "  shoal server --config run.toml --address 0.0.0.0:8443 --cert certs/server.pem "
+        "--key certs/server.key --ca certs/ca.pem",
+    )
+    srv.add_argument("--config", type=Path, required=True)
+    srv.add_argument("--address", default="127.0.0.1:8443", help="host:port to listen on")
+    srv.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
+    srv.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tls_flags(srv, "server")
+    srv.add_argument(
+        "--tokens", type=Path, help="per-device tokens: lines of '<client id> <sha256 of token>'"
+    )
+    srv.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round waits for devices")
+    over = "pick this share more devices; a round commits with the first answers (e.g. 0.3)"
+    srv.add_argument("--over-selection", type=float, default=0.0, help=over)
+    srv.add_argument(
+        "--min-clients", type=int, help="devices to wait for before round 1 (default: a round's)"
+    )
+    srv.add_argument("--join-timeout", type=float, default=300.0, help="seconds to wait for them")
+    srv.add_argument("--quiet", action="store_true")
+    srv.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, console: Console) -> int:
+    from shoal.net.auth import read_tokens
+    from shoal.net.run import serve
+    from shoal.net.tls import TLSFiles
+
+    if args.insecure == bool(args.cert or args.key):
+        raise ShoalError(
+            "give --cert and --key (and --ca for client certificates), or --insecure for a local trial"
+        )
+    if args.resume and args.out is None:
+        raise ShoalError("--resume continues the run in --out: give --out RUN_DIR")
+    tls = None if args.insecure else TLSFiles(args.cert, args.key, args.ca)
+    cfg = cfgmod.load(args.out / "config.toml") if args.resume and args.out else cfgmod.load(args.config)
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
+              join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
+    kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None
+    kw["over_selection"] = args.over_selection
+    console.print(f"[bold]shoal server[/bold] on {args.address}: {cfg.rounds} rounds, run folder {out}")
+    if args.quiet:
+        history = serve(cfg, out, args.address, tls, **kw)
+    else:
+        with RoundProgress(cfg.rounds, 0, console) as bar:
+            history = serve(cfg, out, args.address, tls, callbacks=(bar,), **kw)
+    render(out)
+    print_result(console, history, out)
+    return 0
