@@ -174,10 +174,7 @@ class GrpcBackend:
             self._wake([t.client_id for t in tasks])
             deadline = time.monotonic() + self.round_timeout_s
             enough = math.ceil(self.commit_fraction * len(tasks))  # over-selection: the first m answers
-            while (
-                not self._closed
-                and sum(self._pending[t.client_id].outcome is not None for t in tasks) < enough
-            ):
+            while not self._closed and not self._settled([self._pending[t.client_id] for t in tasks], enough):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -197,6 +194,15 @@ class GrpcBackend:
                     ) + f" in {self.round_timeout_s:g} s"
                 out.append(Failure(t.round, t.client_id, FailureKind.TIMEOUT, why))
             return out
+
+    @staticmethod
+    def _settled(pending: list[Pending], enough: int) -> bool:
+        """Every task has an outcome, or ``enough`` have a result. Failures do not count
+        toward ``enough``: a peer that answers junk at once must not end an over-selected
+        round before the honest devices have answered."""
+        if all(p.outcome is not None for p in pending):
+            return True
+        return sum(isinstance(p.outcome, TrainResult | EvalResult) for p in pending) >= enough
 
     def exchange(self, client_id: str, message: bytes, timeout_s: float) -> bytes | None:
         """Deliver one protocol message to a device and wait for its answer (secure

@@ -393,3 +393,30 @@ def test_a_device_reports_its_own_failures_and_keeps_serving(fed_digits, small_m
         assert d.tasks_done == 3 and not worker.is_alive()
     finally:
         server.stop(None)
+
+
+def test_junk_answered_at_once_does_not_end_an_over_selected_round_early(fed_digits, small_mlp):
+    backend, address, server = serve(commit_fraction=0.5)
+    params = shoal.params.from_module(small_mlp())[0]
+    box: dict[str, list] = {}
+    try:
+        raw = {c: stub(address, c) for c in "01"}
+        for s, md in raw.values():
+            s.Join(
+                pb.JoinRequest(state=pb.DeviceState(charging=True, unmetered=True, idle=True)), metadata=md
+            )
+        honest = [Device(address, c, HP.build(small_mlp), fed_digits[c]) for c in "23"]
+        for d in honest:
+            d.join()
+        tasks = [TrainTask(1, c, params, 1) for c in "0123"]
+        round_ = threading.Thread(target=lambda: box.update(out=backend.train(tasks)), daemon=True)
+        round_.start()
+        for s, md in raw.values():  # two peers answer junk before the honest devices start
+            fetch(s, md)
+            assert not s.PutResult(chunk_stream("result", b"junk"), timeout=5, metadata=md).accepted
+        for d in honest:
+            threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
+        round_.join(timeout=30)
+    finally:
+        server.stop(None)
+    assert [type(o).__name__ for o in box["out"]] == ["Failure", "Failure", "TrainResult", "TrainResult"]
