@@ -24,7 +24,7 @@ from typing import Any
 
 from shoal.errors import ConfigError, WireFormatError
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask, decode
-from shoal.net.auth import Authenticator
+from shoal.net.auth import Authenticator, printable
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.registry import Registry
 from shoal.net.uploads import (
@@ -315,7 +315,7 @@ class GrpcBackend:
         """Count a broken upload as this device's rejected answer for the round."""
         round = p.task.round if not isinstance(p.task, bytes) else 0
         self._settle(client_id, p, Failure(round, client_id, FailureKind.REJECTED, reason))
-        log.warning("refused the upload of client %s: %s", client_id, reason)
+        log.warning("refused the upload of client %s: %s", client_id, printable(reason))
         return pb.PutReply(accepted=False, reason=reason)
 
     def deliver(self, client_id: str, p: Pending, payload: bytes | bytearray) -> pb.PutReply:
