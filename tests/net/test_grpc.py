@@ -329,3 +329,16 @@ def test_the_service_implements_every_rpc_the_generated_base_leaves_unimplemente
     rpcs = shoal_pb2.DESCRIPTOR.services_by_name["Coordinator"].methods_by_name
     for name in rpcs:  # the generated servicer raises NotImplementedError for each of these
         assert getattr(Coordinator, name) is not getattr(shoal_pb2_grpc.CoordinatorServicer, name), name
+
+
+def test_a_device_never_imports_the_server():
+    import subprocess
+    import sys
+
+    probe = "import sys, shoal.cli.client, shoal.net.client; print(sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "'shoal.net.client'" in loaded.stdout
+    for server_side in ("shoal.net.server", "shoal.net.backend", "shoal.net.run", "shoal.net.registry"):
+        assert f"'{server_side}'" not in loaded.stdout, server_side
