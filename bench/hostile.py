@@ -103,13 +103,16 @@ def _raise_fd_limit() -> None:
 
 # -- the hostile device -------------------------------------------------------------------------
 class Silence:
-    """A request stream that never sends a byte."""
+    """A request stream that sends no byte until ``hush`` is set, then ends."""
+
+    def __init__(self, hush: asyncio.Event) -> None:
+        self.hush = hush
 
     def __aiter__(self) -> Silence:
         return self
 
     async def __anext__(self) -> pb.Chunk:
-        await asyncio.Event().wait()
+        await self.hush.wait()
         raise StopAsyncIteration
 
 
@@ -123,6 +126,7 @@ class Peer:
         self.stub = rpc.CoordinatorStub(self.channel)
         self.md = ((ID_HEADER, cid), (TOKEN_HEADER, token))
         self.answers: collections.Counter[str] = collections.Counter()
+        self.hush = asyncio.Event()  # set when the run is over: the idle streams end
 
     async def join(self, eligible: bool = True, attempts: int = 20) -> None:
         state = pb.DeviceState(charging=eligible, unmetered=True, idle=True, battery=1.0)
@@ -160,14 +164,16 @@ class Peer:
                 await asyncio.sleep(0.5)
                 continue
             if got == "done":
-                await self.channel.close()  # ends the streams still open
+                self.hush.set()  # the idle streams' senders end before the channel closes
+                await asyncio.sleep(0.2)
+                await self.channel.close()
                 return
             if isinstance(got, TrainTask):
                 await attack(self, got)
 
 
 async def idle_upload_streams(peer: Peer, task: TrainTask) -> None:
-    calls = [peer.stub.PutResult(Silence(), metadata=peer.md) for _ in range(200)]
+    calls = [peer.stub.PutResult(Silence(peer.hush), metadata=peer.md) for _ in range(200)]
     peer.tally(await asyncio.gather(*calls, return_exceptions=True))
 
 
