@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from shoal import config as cfgmod
@@ -23,11 +23,38 @@ from shoal.net.server import start_server
 from shoal.net.tls import TLSFiles
 from shoal.net.uploads import UploadRules
 from shoal.params import ParamSpec
+from shoal.privacy import CentralDP, LocalDP
 from shoal.runtime import History
 from shoal.runtime.simulation import Callback
 from shoal.secagg import SecureAggregation
+from shoal.strategy.base import Strategy
+from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.server")
+
+
+# Transforms whose device half leaves the payload a float32 vector of the model's size per
+# key (clipping and noise), so the server can check those vectors the moment they arrive.
+_KEEPS_LAYOUT = (CentralDP, LocalDP)
+
+
+def upload_rules(
+    cfg: cfgmod.RunConfig,
+    strategy: Strategy,
+    transforms: Sequence[UpdateTransform],
+    sizes: Iterable[int],
+    num_params: int,
+) -> UploadRules:
+    """How the server judges a device's upload in this run: the config's result limits,
+    and the strategy's vectors checked at upload unless a transform rewrites them on the
+    device (half precision, masks), where the round loop checks them after the server
+    halves instead, as in simulation."""
+    return UploadRules(
+        limits=cfg.strategy.limits(sizes),
+        num_params=num_params,
+        payload_keys=tuple(getattr(strategy, "payload_keys", ("delta",))),
+        check_payload=all(isinstance(t, _KEEPS_LAYOUT) for t in transforms),
+    )
 
 
 def serve(
@@ -59,14 +86,7 @@ def serve(
             raise ConfigError(f"over_selection is a share of the cohort in (0, 1], got {over_selection}")
         strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
         commit_fraction = wanted / strategy.clients_per_round
-    rules = UploadRules(
-        limits=cfg.strategy.limits(data.sizes().values()),
-        num_params=spec.num_params,
-        payload_keys=tuple(getattr(strategy, "payload_keys", ("delta",))),
-        # a transform's device half may rewrite the payload (half precision, masks): the round
-        # loop then checks the vectors after the server halves, as in simulation
-        check_payload=not transforms,
-    )
+    rules = upload_rules(cfg, strategy, transforms, data.sizes().values(), spec.num_params)
     out_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(out_dir / "server.sqlite")
     backend = GrpcBackend(
