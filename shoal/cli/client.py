@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
 
 def handle(args: argparse.Namespace, console: Console) -> int:
     from shoal.net.auth import check_client_id, read_token
-    from shoal.net.run import device_for
+    from shoal.net.client import device_for
     from shoal.net.tls import ClientTLS
 
     if args.token is not None:

@@ -40,6 +40,12 @@ def check_client_id(client_id: object, where: str = "client id") -> str:
     return client_id
 
 
+def printable(text: str) -> str:
+    """``text`` safe for one log line: control characters escaped (a reason may quote what
+    a peer sent)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def token_digest(token: str) -> str:
     """What the server keeps of a token: its SHA-256, in hex."""
     return hashlib.sha256(token.encode()).hexdigest()

@@ -24,7 +24,7 @@ from typing import Any
 
 from shoal.errors import ConfigError, WireFormatError
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask, decode
-from shoal.net.auth import Authenticator
+from shoal.net.auth import Authenticator, printable
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.registry import Registry
 from shoal.net.uploads import (
@@ -175,10 +175,7 @@ class GrpcBackend(Backend):
             self._wake([t.client_id for t in tasks])
             deadline = time.monotonic() + self.round_timeout_s
             enough = math.ceil(self.commit_fraction * len(tasks))  # over-selection: the first m answers
-            while (
-                not self._closed
-                and sum(self._pending[t.client_id].outcome is not None for t in tasks) < enough
-            ):
+            while not self._closed and not self._settled([self._pending[t.client_id] for t in tasks], enough):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -198,6 +195,15 @@ class GrpcBackend(Backend):
                     ) + f" in {self.round_timeout_s:g} s"
                 out.append(Failure(t.round, t.client_id, FailureKind.TIMEOUT, why))
             return out
+
+    @staticmethod
+    def _settled(pending: list[Pending], enough: int) -> bool:
+        """Every task has an outcome, or ``enough`` have a result. Failures do not count
+        toward ``enough``: a peer that answers junk at once must not end an over-selected
+        round before the honest devices have answered."""
+        if all(p.outcome is not None for p in pending):
+            return True
+        return sum(isinstance(p.outcome, TrainResult | EvalResult) for p in pending) >= enough
 
     def exchange(self, client_id: str, message: bytes, timeout_s: float) -> bytes | None:
         """Deliver one protocol message to a device and wait for its answer (secure
@@ -310,7 +316,7 @@ class GrpcBackend(Backend):
         """Count a broken upload as this device's rejected answer for the round."""
         round = p.task.round if not isinstance(p.task, bytes) else 0
         self._settle(client_id, p, Failure(round, client_id, FailureKind.REJECTED, reason))
-        log.warning("refused the upload of client %s: %s", client_id, reason)
+        log.warning("refused the upload of client %s: %s", client_id, printable(reason))
         return pb.PutReply(accepted=False, reason=reason)
 
     def deliver(self, client_id: str, p: Pending, payload: bytes | bytearray) -> pb.PutReply:

@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from shoal import config as cfgmod
+from shoal import experiment
 from shoal.client import ClientApp, run_evaluate, run_train
 from shoal.client.state import ClientStateStore
 from shoal.data.datasets import ClientData
@@ -35,12 +37,14 @@ from shoal.net.chunks import MAX_CHUNK_MESSAGE, ChunkReader, chunk_stream
 from shoal.net.proto import shoal_pb2 as pb
 from shoal.net.proto import shoal_pb2_grpc as rpc
 from shoal.net.tls import ClientTLS
+from shoal.net.uploads import secagg_answer_bytes, train_result_bytes
+from shoal.params import ParamSpec
 from shoal.secagg import SecAggClient, SecureAggregation
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.client")
 
-__all__ = ["ClientTLS", "Device", "DeviceState"]
+__all__ = ["ClientTLS", "Device", "DeviceState", "device_for"]
 
 MAX_REASON = 2000  # characters of a failure's reason sent to the server
 
@@ -235,3 +239,47 @@ class Device:
                 backoff = min(backoff * 2, 10.0)
         self.channel.close()
         return self.tasks_done
+
+
+def refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
+    """What the network cannot run yet, refused alike by the server and its devices."""
+    if cfg.he.enabled:  # the key authority would have to be its own network party
+        raise ConfigError("homomorphic aggregation over the network is not available yet; simulate it")
+
+
+def device_for(
+    cfg: cfgmod.RunConfig,
+    client_id: str,
+    address: str,
+    tls: ClientTLS | None,
+    token: str | None = None,
+    data: ClientData | None = None,
+    state_dir: Path | None = None,
+) -> Device:
+    """A device for ``client_id``: its shard of the config's data unless ``data`` is given."""
+    refuse_unsupported(cfg)
+    check_client_id(client_id)
+    federated = experiment.load_data(cfg)
+    if data is None:
+        if client_id not in federated.clients:
+            raise ConfigError(f"client {client_id!r} is not in this config's data ({len(federated)} clients)")
+        data = federated[client_id]
+    model = experiment.model_factory(cfg, federated)
+    transforms = experiment.build_transforms(cfg, len(federated))
+    spec = ParamSpec.from_module(model())
+    # a task carries the model and at most one more vector of its size (SCAFFOLD's control);
+    # a secure-aggregation message, a share or key per peer
+    biggest = 2 * train_result_bytes(spec.num_params, ("params",)) + secagg_answer_bytes(len(federated))
+    return Device(
+        address,
+        client_id,
+        cfg.trainer.build(model),
+        data,
+        transforms=transforms,
+        run_seed=cfg.seed,
+        tls=tls,
+        token=token,
+        model_digest=spec.digest(),
+        state_file=state_dir / f"client-{client_id}.state.safetensors" if state_dir else None,
+        max_task_bytes=biggest,
+    )

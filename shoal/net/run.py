@@ -1,40 +1,60 @@
-"""``shoal server`` and ``shoal client`` as Python calls: the same config file drives both.
+"""``shoal server`` as a Python call: the run a config describes, served to remote devices.
 
 The server builds the run exactly as a simulation would (model, strategy, transforms,
 evaluation, checkpoints, result limits) but with a :class:`~shoal.net.backend.GrpcBackend`
-in place of simulated clients. A device loads the same config for the model, trainer and
-the client halves of the transforms, and its own data.
+in place of simulated clients. Devices load the same config through
+:func:`shoal.net.client.device_for`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from shoal import config as cfgmod
 from shoal import experiment
-from shoal.data.datasets import ClientData
 from shoal.errors import ConfigError
-from shoal.net.auth import check_client_id
 from shoal.net.backend import GrpcBackend, NetworkChannel
-from shoal.net.client import Device
+from shoal.net.client import refuse_unsupported
 from shoal.net.registry import Registry
 from shoal.net.server import start_server
-from shoal.net.tls import ClientTLS, TLSFiles
-from shoal.net.uploads import UploadRules, secagg_answer_bytes, train_result_bytes
+from shoal.net.tls import TLSFiles
+from shoal.net.uploads import UploadRules
 from shoal.params import ParamSpec
+from shoal.privacy import CentralDP, LocalDP
 from shoal.runtime import History
 from shoal.runtime.simulation import Callback
 from shoal.secagg import SecureAggregation
+from shoal.strategy.base import Strategy
+from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.server")
 
 
-def _refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
-    if cfg.he.enabled:  # the key authority would have to be its own network party
-        raise ConfigError("homomorphic aggregation over the network is not available yet; simulate it")
+# Transforms whose device half leaves the payload a float32 vector of the model's size per
+# key (clipping and noise), so the server can check those vectors the moment they arrive.
+_KEEPS_LAYOUT = (CentralDP, LocalDP)
+
+
+def upload_rules(
+    cfg: cfgmod.RunConfig,
+    strategy: Strategy,
+    transforms: Sequence[UpdateTransform],
+    sizes: Iterable[int],
+    num_params: int,
+) -> UploadRules:
+    """How the server judges a device's upload in this run: the config's result limits,
+    and the strategy's vectors checked at upload unless a transform rewrites them on the
+    device (half precision, masks), where the round loop checks them after the server
+    halves instead, as in simulation."""
+    return UploadRules(
+        limits=cfg.strategy.limits(sizes),
+        num_params=num_params,
+        payload_keys=tuple(getattr(strategy, "payload_keys", ("delta",))),
+        check_payload=all(isinstance(t, _KEEPS_LAYOUT) for t in transforms),
+    )
 
 
 def serve(
@@ -53,7 +73,7 @@ def serve(
     over_selection: float = 0.0,
 ) -> History:
     """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``."""
-    _refuse_unsupported(cfg)
+    refuse_unsupported(cfg)
     data = experiment.load_data(cfg)  # the central test set, the shapes, the enrolled client ids
     model = experiment.model_factory(cfg, data)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
@@ -66,14 +86,7 @@ def serve(
             raise ConfigError(f"over_selection is a share of the cohort in (0, 1], got {over_selection}")
         strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
         commit_fraction = wanted / strategy.clients_per_round
-    rules = UploadRules(
-        limits=cfg.strategy.limits(data.sizes().values()),
-        num_params=spec.num_params,
-        payload_keys=tuple(getattr(strategy, "payload_keys", ("delta",))),
-        # a transform's device half may rewrite the payload (half precision, masks): the round
-        # loop then checks the vectors after the server halves, as in simulation
-        check_payload=not transforms,
-    )
+    rules = upload_rules(cfg, strategy, transforms, data.sizes().values(), spec.num_params)
     out_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(out_dir / "server.sqlite")
     backend = GrpcBackend(
@@ -114,41 +127,3 @@ def serve(
         backend.wait_until_told(timeout_s=15.0)  # devices in backoff still learn that the run ended
         server.stop(grace=2.0)
         registry.close()
-
-
-def device_for(
-    cfg: cfgmod.RunConfig,
-    client_id: str,
-    address: str,
-    tls: ClientTLS | None,
-    token: str | None = None,
-    data: ClientData | None = None,
-    state_dir: Path | None = None,
-) -> Device:
-    """A device for ``client_id``: its shard of the config's data unless ``data`` is given."""
-    _refuse_unsupported(cfg)
-    check_client_id(client_id)
-    federated = experiment.load_data(cfg)
-    if data is None:
-        if client_id not in federated.clients:
-            raise ConfigError(f"client {client_id!r} is not in this config's data ({len(federated)} clients)")
-        data = federated[client_id]
-    model = experiment.model_factory(cfg, federated)
-    transforms = experiment.build_transforms(cfg, len(federated))
-    spec = ParamSpec.from_module(model())
-    # a task carries the model and at most one more vector of its size (SCAFFOLD's control);
-    # a secure-aggregation message, a share or key per peer
-    biggest = 2 * train_result_bytes(spec.num_params, ("params",)) + secagg_answer_bytes(len(federated))
-    return Device(
-        address,
-        client_id,
-        cfg.trainer.build(model),
-        data,
-        transforms=transforms,
-        run_seed=cfg.seed,
-        tls=tls,
-        token=token,
-        model_digest=spec.digest(),
-        state_file=state_dir / f"client-{client_id}.state.safetensors" if state_dir else None,
-        max_task_bytes=biggest,
-    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ import grpc
 
 from shoal.errors import ConfigError, WireFormatError
 from shoal.messages import encode
-from shoal.net.auth import PeerLimiter, Refused
+from shoal.net.auth import PeerLimiter, Refused, printable
 from shoal.net.backend import GrpcBackend
 from shoal.net.chunks import MAX_CHUNK_MESSAGE, ChunkReader, chunk_stream
 from shoal.net.proto import shoal_pb2 as pb
@@ -58,7 +59,7 @@ class Coordinator(rpc.CoordinatorServicer):  # type: ignore[misc]
         except Refused as exc:
             # a flood of refused calls must not become a flood of log lines
             level = logging.DEBUG if exc.code is grpc.StatusCode.RESOURCE_EXHAUSTED else logging.WARNING
-            log.log(level, "refused a call from %s: %s", context.peer(), exc.reason)
+            log.log(level, "refused a call from %s: %s", context.peer(), printable(exc.reason))
             await context.abort(exc.code, exc.reason)
         except TimeoutError:
             limit = self.backend.call_timeout_s
@@ -209,6 +210,16 @@ class RunningServer:
         self._thread.join(timeout=(grace or 0) + 10)
 
 
+def _raise_descriptor_limit() -> None:
+    """Every connected device holds a file descriptor: lift the soft limit (often 1024) to
+    the hard one, so ten thousand devices fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def start_server(
     backend: GrpcBackend, address: str, tls: TLSFiles | None, insecure: bool = False
 ) -> RunningServer:
@@ -217,4 +228,5 @@ def start_server(
         raise ConfigError(
             "the server needs TLS (--cert/--key, and --ca for client certificates) or --insecure"
         )
+    _raise_descriptor_limit()
     return RunningServer(backend, address, tls)

@@ -63,3 +63,46 @@ class IdleUploads:
             except grpc.aio.AioRpcError as exc:
                 self.codes[exc.code().name] += 1
             await asyncio.sleep(0.2)
+
+
+class ParkedDevices:
+    """Devices that join and then keep long-polling GetTask, from one process, on
+    ``connections`` connections (a device each in real life; here some share one)."""
+
+    def __init__(self, address: str, ids: list[str], connections: int) -> None:
+        self.address, self.ids, self.connections = address, ids, connections
+        self.polling = 0
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._run(),), daemon=True
+        )
+
+    async def _run(self) -> None:
+        self._stop = asyncio.Event()
+        options = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+        channels = [grpc.aio.insecure_channel(self.address, options=options) for _ in range(self.connections)]
+        stubs = [rpc.CoordinatorStub(c) for c in channels]
+        await asyncio.gather(*(self._device(stubs[i % len(stubs)], cid) for i, cid in enumerate(self.ids)))
+        for c in channels:
+            await c.close()
+
+    async def _device(self, stub: rpc.CoordinatorStub, cid: str) -> None:
+        md = (("shoal-client-id", cid),)
+        idle = pb.DeviceState(charging=False)  # never eligible: parked, never picked
+        await stub.Join(pb.JoinRequest(state=idle), metadata=md)
+        self.polling += 1
+        assert self._stop is not None
+        while not self._stop.is_set():
+            async for chunk in stub.GetTask(pb.TaskRequest(wait_ms=30_000), metadata=md):
+                if chunk.kind == "done":
+                    return
+
+    def __enter__(self) -> ParkedDevices:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)

@@ -97,3 +97,11 @@ def test_keys_are_private_from_the_moment_they_exist(tmp_path, monkeypatch):
         assert stat.S_IMODE((out / key).stat().st_mode) == 0o600, key
     with pytest.raises(ConfigError, match="not a valid client id"):
         make_certs(tmp_path / "more", ["127.0.0.1"], ["a\nb"])
+
+
+def test_what_a_peer_sent_cannot_forge_log_lines():
+    from shoal.net.auth import printable
+
+    assert printable("array x\nINFO shoal.server: round 9 committed\x1b[0m") == (
+        "array x\\nINFO shoal.server: round 9 committed\\x1b[0m"
+    )

@@ -329,3 +329,34 @@ def test_the_service_implements_every_rpc_the_generated_base_leaves_unimplemente
     rpcs = shoal_pb2.DESCRIPTOR.services_by_name["Coordinator"].methods_by_name
     for name in rpcs:  # the generated servicer raises NotImplementedError for each of these
         assert getattr(Coordinator, name) is not getattr(shoal_pb2_grpc.CoordinatorServicer, name), name
+
+
+def test_a_device_never_imports_the_server():
+    import subprocess
+    import sys
+
+    probe = "import sys, shoal.cli.client, shoal.net.client; print(sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "'shoal.net.client'" in loaded.stdout
+    for server_side in ("shoal.net.server", "shoal.net.backend", "shoal.net.run", "shoal.net.registry"):
+        assert f"'{server_side}'" not in loaded.stdout, server_side
+
+
+def test_the_server_checks_vectors_at_upload_unless_a_transform_rewrites_them():
+    from shoal import config as cfgmod
+    from shoal.net.run import upload_rules
+    from shoal.privacy import CentralDP, LocalDP
+    from shoal.secagg import SecureAggregation
+    from shoal.transforms.half_precision import HalfPrecision
+
+    cfg = cfgmod.from_dict({"strategy": {"name": "scaffold", "max_num_examples": 50}})
+    strategy = cfg.strategy.build()
+    rules = upload_rules(cfg, strategy, [], [10, 20], 100)
+    assert rules.check_payload and rules.payload_keys == ("delta", "control_delta")
+    assert rules.limits.max_num_examples == 50 and rules.num_params == 100
+    dp = [CentralDP(noise_multiplier=1.0), LocalDP(clip_norm=1.0, noise_multiplier=1.0)]
+    assert upload_rules(cfg, strategy, dp, [10], 100).check_payload
+    for rewrites in (HalfPrecision(), SecureAggregation(bound=4.0)):
+        assert not upload_rules(cfg, strategy, [*dp, rewrites], [10], 100).check_payload

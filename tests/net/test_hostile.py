@@ -4,7 +4,6 @@ follow the model, chunk order, results judged at once, and devices that never di
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import struct
@@ -28,6 +27,7 @@ from shoal.net.proto import shoal_pb2_grpc as rpc
 from shoal.net.server import start_server
 from shoal.net.uploads import UploadRules, train_result_bytes
 from shoal.runtime.validation import ResultLimits
+from tests.net.attackers import ParkedDevices
 from tests.net.procs import free_port
 
 HP = TorchTrainer(lr=0.3, local_epochs=1, batch_size=16)
@@ -289,54 +289,11 @@ def test_chunks_must_come_in_order_with_one_count_and_full_pieces():
         server.stop(None)
 
 
-class _Parked:
-    """Devices that join and then keep long-polling GetTask, from one process, on
-    ``connections`` connections (a device each in real life; here some share one)."""
-
-    def __init__(self, address: str, ids: list[str], connections: int) -> None:
-        self.address, self.ids, self.connections = address, ids, connections
-        self.polling = 0
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(
-            target=self._loop.run_until_complete, args=(self._run(),), daemon=True
-        )
-
-    async def _run(self) -> None:
-        self._stop = asyncio.Event()
-        options = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
-        channels = [grpc.aio.insecure_channel(self.address, options=options) for _ in range(self.connections)]
-        stubs = [rpc.CoordinatorStub(c) for c in channels]
-        await asyncio.gather(*(self._device(stubs[i % len(stubs)], cid) for i, cid in enumerate(self.ids)))
-        for c in channels:
-            await c.close()
-
-    async def _device(self, stub: rpc.CoordinatorStub, cid: str) -> None:
-        md = (("shoal-client-id", cid),)
-        idle = pb.DeviceState(charging=False)  # never eligible: parked, never picked
-        await stub.Join(pb.JoinRequest(state=idle), metadata=md)
-        self.polling += 1
-        assert self._stop is not None
-        while not self._stop.is_set():
-            async for chunk in stub.GetTask(pb.TaskRequest(wait_ms=30_000), metadata=md):
-                if chunk.kind == "done":
-                    return
-
-    def __enter__(self) -> _Parked:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=60)
-
-
 def test_hundreds_of_waiting_devices_cost_no_threads_and_rounds_still_commit(fed_digits, small_mlp):
     backend, address, server = serve()
     threads_before = threading.active_count()
     try:
-        with _Parked(address, [f"parked-{i}" for i in range(600)], connections=10) as parked:
+        with ParkedDevices(address, [f"parked-{i}" for i in range(600)], connections=10) as parked:
             deadline = time.monotonic() + 60
             while parked.polling < 600 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -393,3 +350,30 @@ def test_a_device_reports_its_own_failures_and_keeps_serving(fed_digits, small_m
         assert d.tasks_done == 3 and not worker.is_alive()
     finally:
         server.stop(None)
+
+
+def test_junk_answered_at_once_does_not_end_an_over_selected_round_early(fed_digits, small_mlp):
+    backend, address, server = serve(commit_fraction=0.5)
+    params = shoal.params.from_module(small_mlp())[0]
+    box: dict[str, list] = {}
+    try:
+        raw = {c: stub(address, c) for c in "01"}
+        for s, md in raw.values():
+            s.Join(
+                pb.JoinRequest(state=pb.DeviceState(charging=True, unmetered=True, idle=True)), metadata=md
+            )
+        honest = [Device(address, c, HP.build(small_mlp), fed_digits[c]) for c in "23"]
+        for d in honest:
+            d.join()
+        tasks = [TrainTask(1, c, params, 1) for c in "0123"]
+        round_ = threading.Thread(target=lambda: box.update(out=backend.train(tasks)), daemon=True)
+        round_.start()
+        for s, md in raw.values():  # two peers answer junk before the honest devices start
+            fetch(s, md)
+            assert not s.PutResult(chunk_stream("result", b"junk"), timeout=5, metadata=md).accepted
+        for d in honest:
+            threading.Thread(target=d.run, kwargs={"max_tasks": 1}, daemon=True).start()
+        round_.join(timeout=30)
+    finally:
+        server.stop(None)
+    assert [type(o).__name__ for o in box["out"]] == ["Failure", "Failure", "TrainResult", "TrainResult"]
