@@ -266,14 +266,14 @@ def _decode_arrays(specs: Any, body: memoryview) -> dict[str, np.ndarray]:
         if not isinstance(name, str) or name in out:
             raise WireFormatError(f"array name {name!r} is not a unique string")
         if dtype not in _ALLOWED_DTYPES:
-            raise WireFormatError(f"array {name}: dtype {dtype!r} not allowed")
+            raise WireFormatError(f"array {name!r}: dtype {dtype!r} not allowed")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise WireFormatError(f"array {name}: shape must be a list of non-negative ints")
+            raise WireFormatError(f"array {name!r}: shape must be a list of non-negative ints")
         if type(offset) is not int or offset != expected_offset:
-            raise WireFormatError(f"array {name}: offset {offset!r}, expected {expected_offset}")
+            raise WireFormatError(f"array {name!r}: offset {offset!r}, expected {expected_offset}")
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         if offset + nbytes > len(body):
-            raise WireFormatError(f"array {name} ({nbytes} bytes) runs past the end of the message")
+            raise WireFormatError(f"array {name!r} ({nbytes} bytes) runs past the end of the message")
         out[name] = np.frombuffer(body[offset : offset + nbytes], dtype=dtype).reshape(shape)
         expected_offset = offset + nbytes
     if expected_offset != len(body):

@@ -79,7 +79,8 @@ def shakespeare(
         ids = encode_text(texts[role])
         cut = round(len(ids) * (1 - test_fraction))
         test = windows(ids[cut:], seq_len)
-        clients[role] = ClientData(train=windows(ids[:cut], seq_len), test=test)
+        # a client id is a device name (certificates, token files): "First Lord" -> "First_Lord"
+        clients[role.replace(" ", "_")] = ClientData(train=windows(ids[:cut], seq_len), test=test)
         tests.append(test)
     union = ArrayDataset.from_tokens(
         np.concatenate([t.x.numpy() for t in tests]), np.concatenate([t.y.numpy() for t in tests])

@@ -245,6 +245,13 @@ def refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
     """What the network cannot run yet, refused alike by the server and its devices."""
     if cfg.he.enabled:  # the key authority would have to be its own network party
         raise ConfigError("homomorphic aggregation over the network is not available yet; simulate it")
+    if cfg.strategy.straggler_fraction > 0:
+        # Simulated stragglers would train on real devices, which keep their new state once
+        # the server accepts the upload, and then be dropped: SCAFFOLD's c would drift.
+        raise ConfigError(
+            "strategy.straggler_fraction simulates slow devices; real devices are slow on their "
+            "own and the round deadline (--round-timeout) drops them: set straggler_fraction = 0"
+        )
 
 
 def device_for(

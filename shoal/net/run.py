@@ -23,7 +23,6 @@ from shoal.net.server import start_server
 from shoal.net.tls import TLSFiles
 from shoal.net.uploads import UploadRules
 from shoal.params import ParamSpec
-from shoal.privacy import CentralDP, LocalDP
 from shoal.runtime import History
 from shoal.runtime.simulation import Callback
 from shoal.secagg import SecureAggregation
@@ -31,11 +30,6 @@ from shoal.strategy.base import Strategy
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.server")
-
-
-# Transforms whose device half leaves the payload a float32 vector of the model's size per
-# key (clipping and noise), so the server can check those vectors the moment they arrive.
-_KEEPS_LAYOUT = (CentralDP, LocalDP)
 
 
 def upload_rules(
@@ -52,8 +46,8 @@ def upload_rules(
     return UploadRules(
         limits=cfg.strategy.limits(sizes),
         num_params=num_params,
-        payload_keys=tuple(getattr(strategy, "payload_keys", ("delta",))),
-        check_payload=all(isinstance(t, _KEEPS_LAYOUT) for t in transforms),
+        payload_keys=strategy.payload_keys,
+        check_payload=all(t.keeps_payload_layout() for t in transforms),
     )
 
 

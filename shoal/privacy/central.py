@@ -65,6 +65,9 @@ class CentralDP(UpdateTransform):
         self._ledger = PrivacyLedger(self.noise_multiplier, self.delta, self.accountant)
 
     # -- the device does nothing: the trusted server clips ---------------------------------
+    def keeps_payload_layout(self) -> bool:
+        return True
+
     def secret_sampling(self) -> bool:
         # amplification by sampling: who was picked must be as secret as the noise
         return self.noise is NoiseName.SECURE

@@ -52,6 +52,9 @@ class LocalDP(UpdateTransform):
         if not self.clip_norm > 0 or not self.noise_multiplier > 0:
             raise ConfigError("local DP needs clip_norm > 0 and noise_multiplier > 0")
 
+    def keeps_payload_layout(self) -> bool:
+        return True
+
     def secret_sampling(self) -> bool:
         # amplification by sampling: who was picked must be as secret as the noise
         return self.noise is NoiseName.SECURE

@@ -81,6 +81,11 @@ class UpdateTransform(abc.ABC):
         """Why round ``ctx.round`` must not run (None: it may)."""
         return None
 
+    def keeps_payload_layout(self) -> bool:
+        """True when the client half leaves every payload vector a float32 vector of the
+        model's size (clipping, noise), so a server can check them the moment they arrive."""
+        return False
+
     def secret_sampling(self) -> bool:
         """True when its guarantee assumes nobody can predict which clients a round picks."""
         return False
