@@ -126,6 +126,12 @@ def build(
 ) -> Simulation:
     """The run ``cfg`` describes; the server passes its own pieces (the network backend)."""
     data = data or load_data(cfg)
+    wanted = cfg.strategy.clients_per_round
+    if cfg.strategy.fraction is None and wanted > len(data):
+        raise ConfigError(
+            f"strategy.clients_per_round is {wanted} but the data holds {len(data)} clients; "
+            f"lower clients_per_round or raise data.num_clients"
+        )
     model = model_factory(cfg, data)
     transforms = transforms if transforms is not None else build_transforms(cfg, len(data))
     fedavg = cfg.strategy.build(cfg.trainer.local_epochs)

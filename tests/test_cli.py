@@ -176,3 +176,34 @@ def test_the_network_commands_refuse_secrets_on_the_command_line_and_odd_ids(tmp
 def test_python_dash_m_shoal_cli_is_the_shoal_command():
     done = subprocess.run(_shoal("privacy", "--rounds", "3"), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--clients and --clients-per-round" in done.stderr
+
+
+def test_a_bad_out_folder_is_refused_before_any_data_loads(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    assert main(["run", "--quiet", "--rounds", "1", "--out", str(a_file), *TINY]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    blocked = a_file / "under-a-file"
+    assert main(["run", "--quiet", "--rounds", "1", "--out", str(blocked), *TINY]) == 2
+    assert "cannot create the run folder" in capsys.readouterr().err
+
+
+def test_a_cnn_on_tabular_data_says_which_model_to_pick(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
+    code = main(["run", "--quiet", "--rounds", "1", "--out", str(tmp_path / "r"), "--dataset", "csv",
+                 "--path", str(table), "--num-clients", "4", "--clients-per-round", "2"])  # fmt: skip
+    assert code == 2 and "model.name = 'mlp'" in capsys.readouterr().err
+
+
+def test_more_clients_a_round_than_the_data_holds_is_refused(tmp_path, capsys):
+    args = [*TINY, "--clients-per-round", "12"]  # the data holds 10
+    assert main(["run", "--quiet", "--rounds", "1", "--out", str(tmp_path / "r"), *args]) == 2
+    assert "clients_per_round is 12 but the data holds 10 clients" in capsys.readouterr().err
+
+
+def test_the_run_folder_line_does_not_wrap_in_a_pipe(tmp_path, capsys):
+    out = tmp_path / ("a-long-folder-name-" * 6) / "run"
+    assert main(["run", "--quiet", "--rounds", "1", "--out", str(out), *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("run folder: ") and str(out / "report.html") in line for line in lines)

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from shoal import config as cfgmod
 from shoal import experiment
-from shoal.cli.common import print_result
+from shoal.cli.common import print_result, run_folder
 from shoal.errors import ShoalError
 from shoal.report import RoundProgress, render
 from shoal.runtime.history import History, MetricsLog
@@ -83,7 +83,7 @@ def handle(args: argparse.Namespace, console: Console) -> int:
     else:
         raw = cfgmod.to_dict(cfgmod.load(args.config)) if args.config else {}
         cfg = cfgmod.from_dict(cfgmod.apply_overrides(raw, overrides))
-        out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         done = 0
     console.print(
         f"[bold]shoal[/bold] {cfg.data.dataset.value} / {cfg.model.name.value} / {cfg.strategy.name.value}: "

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from shoal import config as cfgmod
-from shoal.cli.common import print_result, tls_flags
+from shoal.cli.common import print_result, run_folder, tls_flags
 from shoal.errors import ShoalError
 from shoal.report import RoundProgress, render
 
@@ -57,7 +57,7 @@ def handle(args: argparse.Namespace, console: Console) -> int:
         raise ShoalError("--resume continues the run in --out: give --out RUN_DIR")
     tls = None if args.insecure else TLSFiles(args.cert, args.key, args.ca)
     cfg = cfgmod.load(args.out / "config.toml") if args.resume and args.out else cfgmod.load(args.config)
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
     kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None

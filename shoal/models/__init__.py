@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from shoal.errors import ConfigError
+
 
 class ModelName(enum.StrEnum):
     MCMAHAN_CNN = "mcmahan_cnn"
@@ -87,9 +89,10 @@ def char_lstm(num_classes: int, hidden: Sequence[int] = (256, 256), embed: int =
 
 def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(input_shape) != 3 or min(input_shape[1:]) < 4:
-        raise ValueError(
-            f"mcmahan_cnn needs [channels, height, width] images of at least 4x4, got {list(input_shape)}; "
-            "use mlp for tabular data"
+        raise ConfigError(
+            f"model.name = 'mcmahan_cnn' needs [channels, height, width] images of at least 4x4, but "
+            f"this dataset's inputs have shape {list(input_shape)}; for tabular data set "
+            "model.name = 'mlp' (--model-name mlp)"
         )
     return input_shape[0], input_shape[1], input_shape[2]
 

@@ -8,6 +8,7 @@ comes back, evaluation, metrics, checkpoints and resume.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -303,7 +304,16 @@ class Simulation:
                 )
         finally:
             self.backend.close()
+        if not any(not r["aborted"] for r in self.records):
+            warnings.warn(self._why_nothing_trained(), RuntimeWarning, stacklevel=2)
         return History(list(self.records), self.params, self.spec, self.out_dir, stopped=self.stopped)
+
+
+    def _why_nothing_trained(self) -> str:
+        if not self.records:
+            return f"no round ran: {self.stopped or 'the run was already complete'}"
+        reasons = sorted({str(r.get("abort_reason", "?")) for r in self.records})
+        return f"no round committed; the model is the initial one. Every round aborted: {'; '.join(reasons)}"
 
 
 def simulate(

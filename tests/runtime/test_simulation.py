@@ -178,3 +178,10 @@ def test_initial_params_and_pretrained_start(small_mlp, fed_digits):
     assert h.spec == spec
     with pytest.raises(shoal.SpecMismatchError):
         run(small_mlp, fed_digits, rounds=1, params=a[:-1])
+
+
+def test_a_run_that_commits_no_round_says_so(small_mlp, fed_digits):
+    strategy = shoal.FedAvg(clients_per_round=2, min_clients=3)  # every round aborts
+    with pytest.warns(RuntimeWarning, match="no round committed.*min_clients is 3"):
+        history = run(small_mlp, fed_digits, rounds=2, strategy=strategy)
+    assert all(r["aborted"] for r in history.records)
