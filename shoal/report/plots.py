@@ -1,0 +1,143 @@
+"""The report's curves over rounds, as matplotlib figures (tests read their Axes) and inline SVG."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from shoal.runtime.history import Record
+
+# Colour, line style and marker per series: two series with equal values (bytes down and
+# up for a model that travels both ways whole) must both stay visible, not one under the other.
+_STYLES = (("C0", "-", "o"), ("C1", "--", "s"), ("C2", ":", "^"), ("C3", "-.", "D"))
+
+
+def series(records: list[Record], key: str) -> tuple[list[int], list[float]]:
+    """Rounds and values of every record that holds ``key``."""
+    pts = [(int(r["round"]), float(r[key])) for r in records if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _draw(
+    ax: Axes, records: list[Record], keys: Sequence[tuple[str, str]], scale: float
+) -> tuple[int, float]:
+    """Plot each recorded series; return how many were drawn and the highest value."""
+    drawn: list[tuple[str, list[int], list[float]]] = []
+    peak = 0.0
+    for key, label in keys:
+        x, y = series(records, key)
+        if not x:
+            continue
+        y = [v * scale for v in y]
+        peak = max(peak, max(y))
+        same = next((other for other, ox, oy in drawn if (ox, oy) == (x, y)), None)
+        i = len(drawn)
+        colour, linestyle, marker = _STYLES[i % len(_STYLES)]
+        # Later series are thinner with hollow markers, so an earlier equal one shows around them.
+        ax.plot(
+            x,
+            y,
+            color=colour,
+            linestyle=linestyle,
+            linewidth=max(2.8 - 0.9 * i, 1.2),
+            marker=marker if len(x) < 30 else None,
+            markersize=max(7.0 - 2.0 * i, 3.0),
+            markerfacecolor=colour if i == 0 else "none",
+            label=f"{label} (same as {same})" if same else label,
+            zorder=2 + i,
+        )
+        drawn.append((label, x, y))
+    return len(drawn), peak
+
+
+def figure(
+    records: list[Record],
+    keys: Sequence[tuple[str, str]],
+    title: str,
+    ylabel: str,
+    scale: float = 1.0,
+    from_zero: bool = False,
+    integer_y: bool = False,
+) -> Figure:
+    """One plot of ``(key, label)`` series against the round; the x ticks are whole rounds."""
+    fig = Figure(figsize=(5.2, 3.4))  # no pyplot: no global figure registry to leak into
+    ax = fig.subplots()
+    drawn, peak = _draw(ax, records, keys, scale)
+    ax.set_title(title)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    if integer_y:  # client counts too
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    if from_zero:
+        ax.set_ylim(0, peak * 1.15 or 1.0)  # headroom above flat lines (bytes, clients)
+    if drawn:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not recorded in this run", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def figures(records: list[Record], summary: dict[str, Any]) -> list[Figure]:
+    """The report's plots, in page order: accuracy, loss, bytes, clients, and privacy if spent."""
+    out = [
+        figure(
+            records,
+            [("test_accuracy", "central test"), ("fed_eval_accuracy", "client holdouts")],
+            "Accuracy",
+            "accuracy",
+        ),
+        figure(
+            records,
+            [
+                ("train_loss", "train (clients)"),
+                ("test_loss", "central test"),
+                ("fed_eval_loss", "client holdouts"),
+            ],
+            "Loss",
+            "cross-entropy",
+        ),
+        figure(
+            records,
+            [("bytes_down", "down"), ("bytes_up", "up")],
+            "Bytes on the wire per round",
+            "MB",
+            1e-6,
+            from_zero=True,
+        ),
+        figure(
+            records,
+            [("clients_completed", "completed"), ("clients_failed", "failed")],
+            "Clients per round",
+            "clients",
+            from_zero=True,
+            integer_y=True,
+        ),
+    ]
+    if any(r.get("dp_epsilon") is not None or r.get("ldp_epsilon_worst_client") is not None for r in records):
+        out.append(
+            figure(
+                records,
+                [("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", "local (worst client)")],
+                f"Privacy spent (delta {summary.get('dp_delta', float('nan')):.3g})",
+                "epsilon",
+                from_zero=True,
+            )
+        )
+    return out
+
+
+def to_svg(fig: Figure) -> str:
+    """The figure as an ``<svg>`` element to inline in the page (no XML header)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    svg = buf.getvalue()
+    return svg[svg.index("<svg") :]
