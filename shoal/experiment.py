@@ -5,9 +5,16 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
+from shoal import apps
 from shoal import config as cfgmod
+from shoal.apps import Ref
+from shoal.client.app import AppBuilder, ClientApp
+from shoal.client.trainer import TorchTrainer
 from shoal.config import DatasetName, RunConfig, TransformName
 from shoal.data.datasets import FederatedDataset, LabeledData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
@@ -27,6 +34,17 @@ from shoal.transforms.half_precision import HalfPrecision
 
 def load_data(cfg: RunConfig) -> FederatedDataset:
     d = cfg.data
+    if isinstance(d.dataset, Ref):  # the user's loader: their own clients, or one set to partition
+        offered = {
+            "path": d.path,
+            "num_clients": d.num_clients,
+            "seed": cfg.seed,
+            "test_fraction": d.test_fraction,
+        }
+        loaded = apps.build("data.dataset", d.dataset, (FederatedDataset, LabeledData), offered)
+        if isinstance(loaded, FederatedDataset):
+            return loaded
+        return _partition(cfg, loaded)
     if d.dataset is DatasetName.SYNTHETIC:  # natural clients: the partition keys do not apply
         return synthetic(d.synthetic_alpha, d.synthetic_beta, d.num_clients, cfg.seed, d.synthetic_iid)
     if d.dataset is DatasetName.SHAKESPEARE:  # natural clients too: num_clients keeps the largest roles
@@ -40,6 +58,12 @@ def load_data(cfg: RunConfig) -> FederatedDataset:
         central = load_csv(d.path or "", d.label_column, d.test_fraction, cfg.seed)
     else:
         central = mnist_subset(d.test_fraction, cfg.seed)
+    return _partition(cfg, central)
+
+
+def _partition(cfg: RunConfig, central: LabeledData) -> FederatedDataset:
+    """One dataset cut into clients (the partition-of-one-dataset mode, for experiments)."""
+    d = cfg.data
     return partition(
         central,
         d.partition,
@@ -55,6 +79,8 @@ def load_data(cfg: RunConfig) -> FederatedDataset:
 def model_factory(cfg: RunConfig, data: FederatedDataset) -> ModelFactory:
     """A picklable factory (a partial), so it can travel to other processes."""
     shape, classes = data.input_shape, data.num_classes
+    if isinstance(cfg.model.name, Ref):
+        return functools.partial(user_model, cfg.model.name, shape, classes, cfg.model.hidden)
     if cfg.model.name is ModelName.MCMAHAN_CNN:
         return functools.partial(mcmahan_cnn, shape, classes)
     if cfg.model.name is ModelName.MCMAHAN_2NN:
@@ -64,9 +90,43 @@ def model_factory(cfg: RunConfig, data: FederatedDataset) -> ModelFactory:
     return functools.partial(mlp, shape, classes, cfg.model.hidden)
 
 
-def make_transforms(names: Sequence[TransformName]) -> list[UpdateTransform]:
+def user_model(
+    ref: str, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...]
+) -> nn.Module:
+    """The user's model (module level, so a partial of it pickles for Ray workers)."""
+    offered = {"input_shape": input_shape, "num_classes": num_classes, "hidden": hidden}
+    module: nn.Module = apps.build("model.name", ref, nn.Module, offered)
+    return module
+
+
+def make_transforms(names: Sequence[TransformName | Ref]) -> list[UpdateTransform]:
     table = {TransformName.HALF_PRECISION: HalfPrecision}
-    return [table[n]() for n in names]
+    return [
+        apps.build("transforms", n, UpdateTransform, {}) if isinstance(n, Ref) else table[n]() for n in names
+    ]
+
+
+def app_builder(cfg: RunConfig) -> AppBuilder:
+    """What builds the client app: the ``[trainer]`` table's TorchTrainer, or ``client``."""
+    if cfg.client is None:
+        return cfg.trainer
+    found = apps.resolve("client", cfg.client)
+    if hasattr(found, "build"):
+        builder: AppBuilder = found
+        return builder
+    return UserClient(cfg.client, cfg.trainer)
+
+
+@dataclass(frozen=True)
+class UserClient:
+    """An app builder around a user's function ``(model, trainer) -> ClientApp``."""
+
+    ref: str
+    trainer: TorchTrainer
+
+    def build(self, model: ModelFactory) -> ClientApp:
+        app: ClientApp = apps.build("client", self.ref, ClientApp, {"model": model, "trainer": self.trainer})
+        return app
 
 
 def make_backend(
@@ -77,6 +137,14 @@ def make_backend(
     clients_per_round: int,
 ) -> Backend:
     name = cfg.backend
+    builder = app_builder(cfg)
+    if cfg.client is not None and name is BackendName.AUTO:
+        name = BackendName.INPROCESS  # the cohorts run the default trainer only
+    if cfg.client is not None and name is BackendName.VECTORIZED:
+        raise ConfigError(
+            'backend = "vectorized" trains with the default trainer; a custom client runs '
+            'with backend = "inprocess" or "ray"'
+        )
     if name in (BackendName.AUTO, BackendName.VECTORIZED):
         probe = model()
         if name is BackendName.AUTO:
@@ -90,7 +158,7 @@ def make_backend(
         from shoal.runtime.ray_backend import RayBackend  # Ray is an optional dependency
 
         return RayBackend(
-            cfg.trainer,
+            builder,
             model,
             data,
             transforms,
@@ -98,7 +166,7 @@ def make_backend(
             address=cfg.ray_address,
             num_workers=cfg.ray_workers,
         )
-    return InProcessBackend(cfg.trainer, model, data, transforms, cfg.seed)
+    return InProcessBackend(builder, model, data, transforms, cfg.seed)
 
 
 def build_transforms(cfg: RunConfig, num_clients: int) -> list[UpdateTransform]:
@@ -134,14 +202,13 @@ def build(
         )
     model = model_factory(cfg, data)
     transforms = transforms if transforms is not None else build_transforms(cfg, len(data))
-    fedavg = cfg.strategy.build(cfg.trainer.local_epochs)
     if backend is None:
-        backend = make_backend(cfg, model, data, transforms, fedavg.num_to_select(len(data)))
+        backend = make_backend(cfg, model, data, transforms, cfg.strategy.num_to_select(len(data)))
     return Simulation(
         model,
         data,
-        strategy or fedavg,
-        cfg.trainer,
+        strategy or cfg.strategy.build(cfg.trainer.local_epochs),
+        app_builder(cfg),
         seed=cfg.seed,
         transforms=transforms,
         backend=backend,

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from shoal import config as cfgmod
 from shoal import experiment
+from shoal.apps import find_project, label
 from shoal.cli.common import print_result, run_folder
 from shoal.errors import ShoalError
 from shoal.report import RoundProgress, render
@@ -48,7 +49,9 @@ def add_parser(sub: Any) -> None:
         epilog="example:\n  shoal run --config examples/fmnist_noniid.toml "
         "--rounds 50 --clients-per-round 10 --seed 7",
     )
-    run.add_argument("--config", type=Path, help="TOML config file (see examples/)")
+    run.add_argument(
+        "--config", type=Path, help="TOML config file (see examples/; default: the project's shoal.toml)"
+    )
     run.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
     run.add_argument(
         "--resume",
@@ -81,12 +84,16 @@ def handle(args: argparse.Namespace, console: Console) -> int:
         cfg = cfgmod.load(out / "config.toml")
         done = len(MetricsLog(out / "metrics.jsonl").read()) if (out / "metrics.jsonl").exists() else 0
     else:
+        project = find_project()
+        if args.config is None and project is not None and (project / "shoal.toml").is_file():
+            args.config = project / "shoal.toml"  # run from a project folder: its config
         raw = cfgmod.to_dict(cfgmod.load(args.config)) if args.config else {}
         cfg = cfgmod.from_dict(cfgmod.apply_overrides(raw, overrides))
         out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         done = 0
     console.print(
-        f"[bold]shoal[/bold] {cfg.data.dataset.value} / {cfg.model.name.value} / {cfg.strategy.name.value}: "
+        f"[bold]shoal[/bold] {label(cfg.data.dataset)} / {label(cfg.model.name)} / "
+        f"{label(cfg.strategy.name)}: "
         f"{cfg.rounds} rounds, {cfg.strategy.clients_per_round} of {cfg.data.num_clients} clients a round"
     )
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import tomli_w
 
+from shoal.apps import Ref, find_project, use_project
 from shoal.config.schema import RunConfig
 from shoal.errors import ConfigError
 
@@ -40,7 +41,14 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if is_none and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(key, value, inner[0])
+        if Ref in inner and isinstance(value, str) and ":" in value:  # an import path to user code
+            return Ref.parse(key, value)
+        try:
+            return coerce(key, value, inner[0])
+        except ConfigError as exc:
+            if Ref not in inner:
+                raise
+            raise ConfigError(f"{exc}, or an import path to your own: 'package.module:attribute'") from None
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
@@ -58,6 +66,10 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is Ref:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected an import path 'package.module:attribute', got {value!r}")
+        return Ref.parse(key, value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -131,6 +143,7 @@ def load(path: str | Path) -> RunConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    use_project(find_project(path.resolve().parent))  # its import paths name modules of its project
     return from_dict(raw)
 
 

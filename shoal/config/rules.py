@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shoal.apps import label
 from shoal.config.names import PrivacyMode, SecAggMode, StrategyName, TransformName
 from shoal.errors import ConfigError
 from shoal.runtime.backend import BackendName
@@ -23,7 +24,7 @@ def check(cfg: RunConfig) -> None:
         # Central DP merges the cohort into one noised average before the strategy sees it.
         if cfg.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA):
             raise ConfigError(
-                f"privacy.mode = 'central' noises one averaged update; {cfg.strategy.name.value} needs "
+                f"privacy.mode = 'central' noises one averaged update; {label(cfg.strategy.name)} needs "
                 "each client's own vectors: use fedavg, fedprox, fedavgm or an adaptive optimizer"
             )
         if cfg.strategy.drop_stragglers:
@@ -72,5 +73,5 @@ def _check_hidden_updates(cfg: RunConfig) -> None:
     if cfg.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA) or cfg.strategy.drop_stragglers:
         raise ConfigError(
             "secure and homomorphic aggregation reveal only the sum; "
-            f"{cfg.strategy.name.value} with these settings needs each client's own vectors"
+            f"{label(cfg.strategy.name)} with these settings needs each client's own vectors"
         )

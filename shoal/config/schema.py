@@ -6,10 +6,13 @@ Cross-section rules live in ``rules.py``; the TOML file and command-line flags i
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from shoal import apps
+from shoal.apps import Ref, label
 from shoal.client.trainer import TorchTrainer
 from shoal.config import rules
 from shoal.config.names import DatasetName, PrivacyMode, SecAggMode, StrategyName, TransformName
@@ -25,12 +28,31 @@ from shoal.runtime.backend import BackendName
 from shoal.runtime.validation import ResultLimits
 from shoal.sampling import SamplingKind
 from shoal.secagg.transform import SecureAggregation
+from shoal.strategy.base import Strategy
 from shoal.strategy.fedavg import FedAvg
 from shoal.strategy.feddyn import FedDyn
 from shoal.strategy.fednova import FedNova
 from shoal.strategy.fedprox import PROXIMAL_MU
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def named(key: str, value: Any, names: type[E]) -> E | Ref:
+    """A built-in name (an enum member) or an import path to the user's own."""
+    if isinstance(value, names):
+        return value
+    if isinstance(value, str) and ":" in value:
+        return Ref.parse(key, value)
+    try:
+        return names(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in names)
+        raise ConfigError(
+            f"{key}: {value!r} is not allowed; choose one of {allowed}, "
+            "or an import path to your own: 'package.module:attribute'"
+        ) from None
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -45,7 +67,7 @@ def _in_unit(key: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: DatasetName = DatasetName.MNIST_SUBSET
+    dataset: DatasetName | Ref = DatasetName.MNIST_SUBSET  # or your loader: "package.module:load"
     path: str | None = None  # the Fashion-MNIST folder or the CSV file
     label_column: str = "label"  # CSV only
     test_fraction: float = 0.2  # held out centrally when the dataset has no test split
@@ -60,7 +82,7 @@ class DataConfig:
     synthetic_iid: bool = False  # dataset = "synthetic": one shared model and input law
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dataset", DatasetName(self.dataset))  # plain strings work too
+        object.__setattr__(self, "dataset", named("data.dataset", self.dataset, DatasetName))
         object.__setattr__(self, "partition", Partition(self.partition))
         _at_least("data.num_clients", self.num_clients, 1)
         _at_least("data.shards_per_client", self.shards_per_client, 1)
@@ -78,11 +100,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: ModelName = ModelName.MCMAHAN_CNN
+    name: ModelName | Ref = ModelName.MCMAHAN_CNN  # or your model: "package.module:Net"
     hidden: tuple[int, ...] = (64,)  # mlp: hidden layer widths; char_lstm: one equal width per LSTM layer
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", ModelName(self.name))  # a plain string works too
+        object.__setattr__(self, "name", named("model.name", self.name, ModelName))
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"model.hidden widths must be >= 1, got {list(self.hidden)}")
         if self.name is ModelName.CHAR_LSTM and (not self.hidden or len(set(self.hidden)) != 1):
@@ -92,7 +114,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: StrategyName = StrategyName.FEDAVG
+    name: StrategyName | Ref = StrategyName.FEDAVG  # or your strategy: "package.module:MyStrategy"
     clients_per_round: int = 10
     fraction: float | None = None  # C: when set, overrides clients_per_round
     min_clients: int = 1  # fewer results abandon the round, leaving the model unchanged
@@ -112,8 +134,9 @@ class StrategyConfig:
     max_update_norm: float | None = None  # refuse updates longer than this (L2); None: no bound
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", StrategyName(self.name))  # a plain string works too
-        self.build()  # the constructors check every value
+        object.__setattr__(self, "name", named("strategy.name", self.name, StrategyName))
+        if not isinstance(self.name, Ref):  # user code is imported when the run is built, not here
+            self.build()  # the constructors check every value
         self.limits([1])
 
     def limits(self, sizes: Iterable[int]) -> ResultLimits:
@@ -121,8 +144,9 @@ class StrategyConfig:
         cap = self.max_num_examples if self.max_num_examples is not None else max(max(sizes, default=1), 1)
         return ResultLimits(max_num_examples=cap, max_update_norm=self.max_update_norm)
 
-    def build(self, local_epochs: int = 1) -> FedAvg:
-        """The strategy; stragglers draw their epochs from 1..``local_epochs`` (the trainer's)."""
+    def build(self, local_epochs: int = 1) -> Strategy:
+        """The strategy; stragglers draw their epochs from 1..``local_epochs`` (the trainer's).
+        A user's strategy (an import path) is called with the arguments below it accepts."""
         if self.proximal_mu < 0:
             raise ConfigError(f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
         prox = {PROXIMAL_MU: self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
@@ -137,10 +161,20 @@ class StrategyConfig:
             straggler_max_epochs=local_epochs,
             drop_stragglers=self.drop_stragglers,
         )
+        if isinstance(self.name, Ref):
+            offered = {**common, "feddyn_alpha": self.feddyn_alpha, "proximal_mu": self.proximal_mu}
+            made: Strategy = apps.build("strategy.name", self.name, Strategy, offered)
+            return made
         if self.name is StrategyName.FEDDYN:
             return FedDyn(alpha=self.feddyn_alpha, **common)
         kind = {StrategyName.SCAFFOLD: Scaffold, StrategyName.FEDNOVA: FedNova}.get(self.name, FedAvg)
         return kind(**common)
+
+    def num_to_select(self, population: int) -> int:
+        """Clients a round picks from ``population`` (what the config says, before any draw)."""
+        if self.fraction is not None:
+            return min(max(round(self.fraction * population), 1), population)
+        return min(self.clients_per_round, population)
 
     def _server_optimizer(self) -> ServerOptimizer:
         plain = (
@@ -150,14 +184,15 @@ class StrategyConfig:
             StrategyName.SCAFFOLD,
             StrategyName.FEDDYN,
         )
-        adaptive = self.name not in (*plain, StrategyName.FEDAVGM)
+        user = isinstance(self.name, Ref)  # a user's strategy gets FedAvg's server step by default
+        adaptive = not user and self.name not in (*plain, StrategyName.FEDAVGM)
         lr = self.server_lr if self.server_lr is not None else (0.01 if adaptive else 1.0)
-        if self.name in plain:
+        if user or self.name in plain:
             return ServerSGD(lr)
         if self.name is StrategyName.FEDAVGM:
             return ServerMomentum(lr, self.server_momentum)
         return Adaptive(
-            AdaptiveRule(self.name.value.removeprefix("fed")), lr, self.beta1, self.beta2, self.tau
+            AdaptiveRule(label(self.name).removeprefix("fed")), lr, self.beta1, self.beta2, self.tau
         )
 
 
@@ -269,7 +304,10 @@ class RunConfig:
     cohort_size: int = 32  # vectorized backend: clients trained at once; small keeps weights in cache
     ray_address: str | None = None  # backend = "ray": None starts a local Ray; "auto" or "ray://host:10001"
     ray_workers: int = 2  # backend = "ray": actors, each holding a fixed share of the clients
-    transforms: tuple[TransformName, ...] = ()
+    transforms: tuple[TransformName | Ref, ...] = ()  # built-in names or "package.module:MyTransform"
+    # your client app: an app builder, or a function (model, trainer) -> ClientApp;
+    # None: the [trainer] table's TorchTrainer
+    client: Ref | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -285,4 +323,9 @@ class RunConfig:
         _at_least("rounds", self.rounds, 1)
         _at_least("cohort_size", self.cohort_size, 1)
         _at_least("ray_workers", self.ray_workers, 1)
+        object.__setattr__(
+            self, "transforms", tuple(named("transforms", t, TransformName) for t in self.transforms)
+        )
+        if self.client is not None:
+            object.__setattr__(self, "client", Ref.parse("client", self.client))
         rules.check(self)

@@ -280,7 +280,7 @@ def device_for(
     return Device(
         address,
         client_id,
-        cfg.trainer.build(model),
+        experiment.app_builder(cfg).build(model),
         data,
         transforms=transforms,
         run_seed=cfg.seed,

@@ -27,6 +27,7 @@ from shoal.runtime import History
 from shoal.runtime.simulation import Callback
 from shoal.secagg import SecureAggregation
 from shoal.strategy.base import Strategy
+from shoal.strategy.fedavg import FedAvg
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.server")
@@ -73,11 +74,13 @@ def serve(
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
     transforms = experiment.build_transforms(cfg, len(data))
     spec = ParamSpec.from_module(model())
-    wanted = strategy.num_to_select(len(data))
+    wanted = cfg.strategy.num_to_select(len(data))
     commit_fraction = 1.0
     if over_selection > 0:  # pick more devices than needed; the round commits with the first answers
         if over_selection > 1:
             raise ConfigError(f"over_selection is a share of the cohort in (0, 1], got {over_selection}")
+        if not isinstance(strategy, FedAvg):
+            raise ConfigError("--over-selection needs a FedAvg-family strategy (it sets clients_per_round)")
         strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
         commit_fraction = wanted / strategy.clients_per_round
     rules = upload_rules(cfg, strategy, transforms, data.sizes().values(), spec.num_params)
