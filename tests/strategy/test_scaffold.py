@@ -144,7 +144,8 @@ def test_task_carries_the_server_control_and_config_builds_scaffold():
 
 def test_scaffold_refuses_adam_on_the_client(two_clients):
     trainer = shoal.TorchTrainer(lr=LR, optimizer="adam")
-    history = shoal.simulate(linear, two_clients, Scaffold(clients_per_round=2), trainer, rounds=1)
+    with pytest.warns(RuntimeWarning, match="no round committed"):
+        history = shoal.simulate(linear, two_clients, Scaffold(clients_per_round=2), trainer, rounds=1)
     assert history.records[0]["aborted"] and "SCAFFOLD" in history.records[0]["failures"][0]
 
 
@@ -184,7 +185,10 @@ def test_a_refused_result_keeps_the_clients_old_control(two_clients):
     strategy = Scaffold(clients_per_round=2)
     backend = InProcessBackend(trainer, linear, two_clients)
     limits = shoal.runtime.validation.ResultLimits(max_num_examples=10)  # both clients hold 24
-    history = shoal.simulate(linear, two_clients, strategy, trainer, rounds=2, backend=backend, limits=limits)
+    with pytest.warns(RuntimeWarning, match="no round committed"):
+        history = shoal.simulate(
+            linear, two_clients, strategy, trainer, rounds=2, backend=backend, limits=limits
+        )
     assert all(r["aborted"] for r in history.records)
     assert len(backend.client_states) == 0
     np.testing.assert_array_equal(strategy.control, np.zeros_like(strategy.control))
@@ -192,5 +196,6 @@ def test_a_refused_result_keeps_the_clients_old_control(two_clients):
 
 def test_scaffold_refuses_local_momentum(two_clients):
     trainer = shoal.TorchTrainer(lr=LR, momentum=0.9)
-    history = shoal.simulate(linear, two_clients, Scaffold(clients_per_round=2), trainer, rounds=1)
+    with pytest.warns(RuntimeWarning, match="no round committed"):
+        history = shoal.simulate(linear, two_clients, Scaffold(clients_per_round=2), trainer, rounds=1)
     assert history.records[0]["aborted"] and "momentum = 0" in history.records[0]["failures"][0]
