@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import numpy as np
@@ -77,6 +78,8 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "myproj" / "broken.py").write_text("raise RuntimeError('boom at import')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "myproj" or m.startswith("myproj.")]:
+        monkeypatch.delitem(sys.modules, name)  # each test imports its own project afresh
     yield tmp_path
 
 
