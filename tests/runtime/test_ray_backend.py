@@ -24,9 +24,34 @@ HP = shoal.TorchTrainer(lr=0.3, local_epochs=2, batch_size=16)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray gives its raylet 30 s to register with the GCS, a limit it does not let us
+    # raise; on a loaded two-core CI runner the first start has missed it. A fresh
+    # start then succeeds, so try three times, and fail with Ray's own logs if not.
+    for attempt in range(3):
+        try:
+            ray.init(
+                num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20
+            )
+            break
+        except Exception as error:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == 2:
+                raise RuntimeError(
+                    f"local Ray did not start in 3 tries: {error}\n{_ray_log_tails()}"
+                ) from error
     yield
     ray.shutdown()
+
+
+def _ray_log_tails() -> str:
+    logs = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_latest", "logs")
+    tails = []
+    for name in ("raylet.err", "raylet.out", "gcs_server.err", "gcs_server.out"):
+        path = os.path.join(logs, name)
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                tails.append(f"--- {name}\n" + "".join(f.readlines()[-15:]))
+    return "\n".join(tails) or f"(no Ray logs under {logs})"
 
 
 @pytest.fixture(scope="module")
