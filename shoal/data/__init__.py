@@ -9,6 +9,7 @@ from shoal.data.loaders import (
     load_idx,
     mnist_subset,
 )
+from shoal.data.local import read_local
 from shoal.data.partition import (
     Partition,
     dirichlet,
@@ -45,6 +46,7 @@ __all__ = [
     "partition",
     "quantity_skew",
     "quantity_skew_indices",
+    "read_local",
     "shakespeare",
     "shard_indices",
     "shards",

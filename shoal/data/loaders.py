@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ FASHION_MNIST_HINT = (
 
 # IDX type codes (LeCun's format): all multi-byte values are big-endian.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def load_idx(path: str | Path) -> np.ndarray:
@@ -134,11 +137,16 @@ def load_csv(
     label_column: str,
     test_fraction: float = 0.2,
     seed: int = 0,
+    *,
+    classes: Sequence[str] | None = None,
 ) -> LabeledData:
     """A CSV table with a header row: numeric feature columns and one label column.
 
-    Labels may be any strings; they are mapped to 0..k-1 in sorted order. Features are
-    standardized with the train split's mean and standard deviation.
+    Labels that are all integers ("0", "3") are class indices as written, so that devices
+    holding different subsets of the classes agree on them (``num_classes`` is the largest
+    plus one). Other labels map to their index in ``classes`` when it is given, else to
+    0..k-1 in sorted order. Features are standardized with the train split's mean and
+    standard deviation.
     """
     path = Path(path)
     if not path.is_file():
@@ -166,10 +174,33 @@ def load_csv(
                     f"{path}:{r}: column {header[i]!r} has non-numeric value {row[i]!r}; "
                     "encode categorical features as numbers first"
                 ) from None
-    classes = sorted(set(labels))
-    y = np.array([classes.index(v) for v in labels], dtype=np.int64)
+    y, num_classes = _label_ids(path, labels, classes)
     tr, te = _stratified_split(y, test_fraction, seed)
     mean, std = x[tr].mean(0), x[tr].std(0)
     x = (x - mean) / np.where(std > 0, std, 1.0)
     full = ArrayDataset.from_numpy(x, y)
-    return LabeledData(path.stem, full.subset(tr), full.subset(te) if len(te) else None, len(classes))
+    return LabeledData(path.stem, full.subset(tr), full.subset(te) if len(te) else None, num_classes)
+
+
+def _label_ids(path: Path, labels: list[str], classes: Sequence[str] | None) -> tuple[np.ndarray, int]:
+    """CSV label strings (row 2 on) -> class ids and the number of classes."""
+    if classes is not None:
+        index = {name: i for i, name in enumerate(classes)}
+        for r, v in enumerate(labels, start=2):
+            if v not in index:
+                raise DataError(
+                    f"{path}:{r}: label {v!r} is not one of the classes {list(classes)}; "
+                    "fix the row or add the class (integer labels need classes=None)"
+                )
+        return np.array([index[v] for v in labels], dtype=np.int64), len(classes)
+    if all(_INTEGER.fullmatch(v.strip()) for v in labels):
+        y = np.array([int(v) for v in labels], dtype=np.int64)
+        if (y < 0).any():
+            r = int(np.flatnonzero(y < 0)[0])
+            raise DataError(
+                f"{path}:{r + 2}: label {labels[r]!r} is negative; integer labels are class indices 0..k-1"
+            )
+        return y, int(y.max()) + 1
+    names = sorted(set(labels))  # free-form names: only the same set on every device maps alike
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[v] for v in labels], dtype=np.int64), len(names)
