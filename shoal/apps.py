@@ -109,6 +109,9 @@ def call_with(key: str, ref: str, fn: Callable[..., Any], offered: Mapping[str, 
     """Call ``fn`` with the arguments it accepts out of ``offered``."""
     if not callable(fn):
         raise ConfigError(f"{key} = {ref!r} is a {type(fn).__name__}, not a class or a function")
+    if inspect.isabstract(fn):  # Python would say only "Can't instantiate abstract class"
+        undefined = ", ".join(sorted(getattr(fn, "__abstractmethods__", ())))
+        raise ConfigError(f"{key} = {ref!r} is an abstract class: it does not define {undefined}")
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -10,7 +10,7 @@ from typing import Any
 from shoal.config import load
 from shoal.errors import ConfigError
 from shoal.report.config_view import config_text
-from shoal.report.plots import figures, series, to_svg
+from shoal.report.plots import figures, other_figures, series, to_svg
 from shoal.runtime.history import Record, load_history
 
 _CSS = """
@@ -79,6 +79,17 @@ def _config_section(path: Path, backend_used: str | None) -> str:
     return f"{note}<pre>{html.escape(text)}</pre>"
 
 
+def _others_section(plots: list[str]) -> str:
+    if not plots:
+        return ""
+    note = (
+        "<p>Every other number the rounds recorded: your clients' own metrics (under "
+        "<code>KEY</code>, or <code>KEY_REDUCER</code> for a declared reducer) and what the "
+        "client algorithms and transforms measured.</p>"
+    )
+    return f'<h2>Other metrics</h2>{note}<div class="plots">{"".join(f"<div>{p}</div>" for p in plots)}</div>'
+
+
 def render(run_dir: str | Path) -> Path:
     """Write ``report.html`` into the run folder and return its path."""
     run_dir = Path(run_dir)
@@ -86,12 +97,14 @@ def render(run_dir: str | Path) -> Path:
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.toml"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     plots = [to_svg(fig) for fig in figures(records, summary)]
+    others = [to_svg(fig) for fig in other_figures(records)]
     title = f"shoal run {html.escape(run_dir.name)}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>{_CSS}</style></head><body>
 <h1>shoal run <code>{html.escape(run_dir.name)}</code></h1>
 <h2>Summary</h2>{_table(_summary(records, summary))}
 <h2>Curves</h2><div class="plots">{"".join(f"<div>{p}</div>" for p in plots)}</div>
+{_others_section(others)}
 <h2>Configuration</h2>{_config_section(config_path, summary.get("backend"))}
 </body></html>
 """

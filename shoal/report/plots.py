@@ -16,6 +16,20 @@ from shoal.runtime.history import Record
 # up for a model that travels both ways whole) must both stay visible, not one under the other.
 _STYLES = (("C0", "-", "o"), ("C1", "--", "s"), ("C2", ":", "^"), ("C3", "-.", "D"))
 
+# The series of the report's fixed plots, as (record key, legend label).
+_ACCURACY = (("test_accuracy", "central test"), ("fed_eval_accuracy", "client holdouts"))
+_LOSS = (
+    ("train_loss", "train (clients)"),
+    ("test_loss", "central test"),
+    ("fed_eval_loss", "client holdouts"),
+)
+_BYTES = (("bytes_down", "down"), ("bytes_up", "up"))
+_CLIENTS = (("clients_completed", "completed"), ("clients_failed", "failed"))
+_PRIVACY = (("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", "local (worst client)"))
+# Round bookkeeping that is no measurement of the model or the clients.
+_BOOKKEEPING = frozenset({"round", "aborted", "clients_selected", "fed_eval_clients", "wall_time", "elapsed"})
+_PLOTTED = frozenset(k for keys in (_ACCURACY, _LOSS, _BYTES, _CLIENTS, _PRIVACY) for k, _ in keys)
+
 
 def series(records: list[Record], key: str) -> tuple[list[int], list[float]]:
     """Rounds and values of every record that holds ``key``."""
@@ -89,50 +103,36 @@ def figure(
 def figures(records: list[Record], summary: dict[str, Any]) -> list[Figure]:
     """The report's plots, in page order: accuracy, loss, bytes, clients, and privacy if spent."""
     out = [
-        figure(
-            records,
-            [("test_accuracy", "central test"), ("fed_eval_accuracy", "client holdouts")],
-            "Accuracy",
-            "accuracy",
-        ),
-        figure(
-            records,
-            [
-                ("train_loss", "train (clients)"),
-                ("test_loss", "central test"),
-                ("fed_eval_loss", "client holdouts"),
-            ],
-            "Loss",
-            "cross-entropy",
-        ),
-        figure(
-            records,
-            [("bytes_down", "down"), ("bytes_up", "up")],
-            "Bytes on the wire per round",
-            "MB",
-            1e-6,
-            from_zero=True,
-        ),
-        figure(
-            records,
-            [("clients_completed", "completed"), ("clients_failed", "failed")],
-            "Clients per round",
-            "clients",
-            from_zero=True,
-            integer_y=True,
-        ),
+        figure(records, _ACCURACY, "Accuracy", "accuracy"),
+        figure(records, _LOSS, "Loss", "cross-entropy"),
+        figure(records, _BYTES, "Bytes on the wire per round", "MB", 1e-6, from_zero=True),
+        figure(records, _CLIENTS, "Clients per round", "clients", from_zero=True, integer_y=True),
     ]
     if any(r.get("dp_epsilon") is not None or r.get("ldp_epsilon_worst_client") is not None for r in records):
         out.append(
             figure(
                 records,
-                [("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", "local (worst client)")],
+                _PRIVACY,
                 f"Privacy spent (delta {summary.get('dp_delta', float('nan')):.3g})",
                 "epsilon",
                 from_zero=True,
             )
         )
     return out
+
+
+def other_keys(records: list[Record]) -> list[str]:
+    """Every numeric key of the records that no plot above shows: the clients' own metrics
+    (``f1``, ``peak_memory_mb_max``), ``local_steps``, what the transforms measure."""
+    found = {
+        k for r in records for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return sorted(found - _PLOTTED - _BOOKKEEPING)
+
+
+def other_figures(records: list[Record]) -> list[Figure]:
+    """One plot per :func:`other_keys` key, on its own scale, titled by the key."""
+    return [figure(records, [(key, key)], key, key) for key in other_keys(records)]
 
 
 def to_svg(fig: Figure) -> str:

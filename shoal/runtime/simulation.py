@@ -28,7 +28,7 @@ from shoal.messages import (
     TrainTask,
     encoded_size,
 )
-from shoal.metrics import reduce_metrics
+from shoal.metrics import add_to_record, reduce_metrics
 from shoal.models import ModelFactory
 from shoal.params import FlatModule, ParamSpec, check_vector, from_module, model_hash, save_params
 from shoal.rng import Stream
@@ -135,6 +135,7 @@ class Simulation:
         ctx: RoundContext,
         tctx: TransformContext,
         record: Record,
+        client_metrics: dict[str, float],
     ) -> tuple[list[TrainResult], list[Failure], set[str]]:
         """Keep results that answer a task of this round, claim no more than a client may,
         and decode to usable vectors. Returns them, the failures, and the clients counted."""
@@ -162,7 +163,7 @@ class Simulation:
         failures += dropped
         counted = {r.client_id for r in results}
         # before the server transforms, which may merge the cohort into one result
-        record.update(reduce_metrics(results))
+        client_metrics.update(reduce_metrics(results))
         decoded, rejected = apply_server(self.transforms, results, tctx)
         for t in self.transforms:
             record.update(t.round_metrics())
@@ -193,7 +194,7 @@ class Simulation:
                 return reason
         return None
 
-    def _train(self, ctx: RoundContext, record: Record) -> None:
+    def _train(self, ctx: RoundContext, record: Record, client_metrics: dict[str, float]) -> None:
         try:
             available = self.available()
             tasks = self.strategy.configure_train(ctx, self.params, available)
@@ -204,7 +205,7 @@ class Simulation:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
         outcomes = self.backend.train(tasks)
-        results, failures, counted = self._collect(tasks, outcomes, ctx, tctx, record)
+        results, failures, counted = self._collect(tasks, outcomes, ctx, tctx, record, client_metrics)
         record.update(
             clients_selected=len(tasks),
             clients_completed=clients_in(results),
@@ -260,10 +261,12 @@ class Simulation:
         r = self.round + 1
         start = time.perf_counter()
         record: Record = {"round": r, "aborted": False}
-        self._train(RoundContext(r, self.seed, self.secret_selection), record)
+        client_metrics: dict[str, float] = {}
+        self._train(RoundContext(r, self.seed, self.secret_selection), record, client_metrics)
         self._evaluate(r, last, record)
         record["wall_time"] = time.perf_counter() - start
         record["elapsed"] = (self.records[-1]["elapsed"] if self.records else 0.0) + record["wall_time"]
+        add_to_record(record, client_metrics)  # last: a client's key never replaces the server's
         self.round = r
         self.records.append(record)
         if self.log is not None:
