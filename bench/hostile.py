@@ -290,6 +290,7 @@ def run_attack(name: str, work: Path, certs: Path, rounds: int, flood: int) -> t
         "server.log", "server", "--config", str(config), "--address", address, "--out", str(out), "--quiet",
         "--cert", str(certs / "server.pem"), "--key", str(certs / "server.key"), "--tokens", str(tokens),
         "--min-clients", str(per_round), "--round-timeout", str(ROUND_TIMEOUT_S), "--join-timeout", "600",
+        "--experiment",
     )  # fmt: skip
     sampler = Sampler(server.pid)
     procs: list[subprocess.Popen[bytes]] = []
@@ -312,7 +313,7 @@ def run_attack(name: str, work: Path, certs: Path, rounds: int, flood: int) -> t
         for c in HONEST:
             token_file = folder / f"token-{c}"
             token_file.write_text(f"token-{c}\n")
-            args = ["client", "--server", address, "--config", str(config), "--client-id", c]
+            args = ["client", "--server", address, "--config", str(config), "--client-id", c, "--experiment"]
             procs.append(
                 shoal(
                     f"client-{c}.log", *args, "--ca", str(certs / "ca.pem"), "--token-file", str(token_file)

@@ -12,16 +12,16 @@ from torch import nn
 
 from shoal import apps
 from shoal import config as cfgmod
-from shoal.apps import Ref
+from shoal.apps import Ref, label
 from shoal.client.app import AppBuilder, ClientApp
 from shoal.client.trainer import TorchTrainer
 from shoal.config import DatasetName, RunConfig, TransformName
-from shoal.data.datasets import FederatedDataset, LabeledData
+from shoal.data.datasets import ClientData, FederatedDataset, LabeledData, ServerData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
 from shoal.data.partition import partition
 from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
-from shoal.errors import CheckpointError, ConfigError
+from shoal.errors import CheckpointError, ConfigError, DataError
 from shoal.models import ModelFactory, ModelName, char_lstm, mcmahan_2nn, mcmahan_cnn, mlp
 from shoal.runtime.backend import Backend, BackendName, InProcessBackend
 from shoal.runtime.history import History
@@ -61,6 +61,68 @@ def load_data(cfg: RunConfig) -> FederatedDataset:
     return _partition(cfg, central)
 
 
+def server_data(cfg: RunConfig, load_test: bool = True) -> ServerData:
+    """What a deployed server loads: the model's shapes from the config and, when
+    ``data.test_path`` names one (and ``load_test``), its own test set. Never the devices'
+    data."""
+    d = cfg.data
+    if d.input_shape is None or d.num_classes is None:
+        raise ConfigError(
+            "a deployment builds the model before any device's data arrives: set data.input_shape "
+            "(one example's shape, e.g. [8]) and data.num_classes (or data.classes) in the config; "
+            "or give server and devices --experiment to serve the config's dataset cut into clients"
+        )
+    test = None
+    if d.test_path is not None and load_test:
+        test = local_data(cfg, d.test_path, holdout_fraction=0.0).train
+    return ServerData(label(d.dataset), d.num_classes, d.input_shape, test)
+
+
+def device_data(cfg: RunConfig, path: str | Path) -> ClientData:
+    """One device's own files at ``path``: what it trains on and, with
+    ``data.holdout_fraction`` > 0, what it holds out for federated evaluation."""
+    return local_data(cfg, path, cfg.data.holdout_fraction)
+
+
+def local_data(cfg: RunConfig, path: str | Path, holdout_fraction: float) -> ClientData:
+    """Files at ``path`` read by the config's loader (the user's, given ``path``) or by
+    their format (:func:`shoal.data.local.read_local`), checked against the model's shapes."""
+    from shoal.data.local import read_local
+
+    d = cfg.data
+    if isinstance(d.dataset, Ref):
+        offered = {"path": str(path), "seed": cfg.seed, "test_fraction": holdout_fraction, "num_clients": 1}
+        loaded = apps.build("data.dataset", d.dataset, (LabeledData, ClientData), offered)
+    else:
+        loaded = read_local(
+            path,
+            label_column=d.label_column,
+            classes=d.classes or None,
+            test_fraction=holdout_fraction,
+            seed=cfg.seed,
+        )
+    client = loaded if isinstance(loaded, ClientData) else ClientData(loaded.train, loaded.test)
+    for part in (client.train, client.test):
+        if part is not None:
+            _check_examples(cfg, part.x.shape[1:], int(part.y.max()) + 1 if len(part) else 0, str(path))
+    return client
+
+
+def _check_examples(cfg: RunConfig, shape: tuple[int, ...], classes: int, source: str) -> None:
+    """Data whose examples the configured model cannot take, refused with both shapes."""
+    d = cfg.data
+    if d.input_shape is not None and tuple(shape) != tuple(d.input_shape):
+        raise DataError(
+            f"{source}: examples have shape {list(shape)} but data.input_shape is {list(d.input_shape)}; "
+            "fix the data or the config (every device must match the server's model)"
+        )
+    if d.num_classes is not None and classes > d.num_classes:
+        raise DataError(
+            f"{source}: labels go up to {classes - 1} but data.num_classes is {d.num_classes}; "
+            "labels must be 0..num_classes-1 on every device"
+        )
+
+
 def _partition(cfg: RunConfig, central: LabeledData) -> FederatedDataset:
     """One dataset cut into clients (the partition-of-one-dataset mode, for experiments)."""
     d = cfg.data
@@ -76,9 +138,12 @@ def _partition(cfg: RunConfig, central: LabeledData) -> FederatedDataset:
     )
 
 
-def model_factory(cfg: RunConfig, data: FederatedDataset) -> ModelFactory:
-    """A picklable factory (a partial), so it can travel to other processes."""
-    shape, classes = data.input_shape, data.num_classes
+def model_factory(cfg: RunConfig, data: FederatedDataset | ServerData) -> ModelFactory:
+    """A picklable factory (a partial), so it can travel to other processes. The shapes are
+    the config's where it sets them (so a simulation builds the model a deployment would),
+    else the data's."""
+    shape = cfg.data.input_shape or data.input_shape
+    classes = cfg.data.num_classes or data.num_classes
     if isinstance(cfg.model.name, Ref):
         return functools.partial(user_model, cfg.model.name, shape, classes, cfg.model.hidden)
     if cfg.model.name is ModelName.MCMAHAN_CNN:
@@ -169,7 +234,12 @@ def make_backend(
     return InProcessBackend(builder, model, data, transforms, cfg.seed)
 
 
-def build_transforms(cfg: RunConfig, num_clients: int) -> list[UpdateTransform]:
+def population(data: FederatedDataset | ServerData) -> int | None:
+    """How many clients a run has: every simulated one, or unknown for a deployment."""
+    return len(data) if isinstance(data, FederatedDataset) else None
+
+
+def build_transforms(cfg: RunConfig, num_clients: int | None) -> list[UpdateTransform]:
     """The update path in order: DP first (its client half sees the raw update, its server
     half the decoded one), the named transforms, then secure or homomorphic aggregation
     (masking is the last step on the device, unmasking the first on the server)."""
@@ -187,22 +257,27 @@ def build(
     cfg: RunConfig,
     out_dir: Path | None,
     *,
-    data: FederatedDataset | None = None,
+    data: FederatedDataset | ServerData | None = None,
     strategy: Strategy | None = None,
     transforms: list[UpdateTransform] | None = None,
     backend: Backend | None = None,
 ) -> Simulation:
-    """The run ``cfg`` describes; the server passes its own pieces (the network backend)."""
+    """The run ``cfg`` describes; the server passes its own pieces (the network backend and,
+    in a deployment, :class:`ServerData` in place of the clients' data)."""
     data = data or load_data(cfg)
-    wanted = cfg.strategy.clients_per_round
-    if cfg.strategy.fraction is None and wanted > len(data):
-        raise ConfigError(
-            f"strategy.clients_per_round is {wanted} but the data holds {len(data)} clients; "
-            f"lower clients_per_round or raise data.num_clients"
-        )
+    if isinstance(data, FederatedDataset):
+        _check_examples(cfg, data.input_shape, data.num_classes, f"data.dataset {label(cfg.data.dataset)}")
+        wanted = cfg.strategy.clients_per_round
+        if cfg.strategy.fraction is None and wanted > len(data):
+            raise ConfigError(
+                f"strategy.clients_per_round is {wanted} but the data holds {len(data)} clients; "
+                f"lower clients_per_round or raise data.num_clients"
+            )
     model = model_factory(cfg, data)
-    transforms = transforms if transforms is not None else build_transforms(cfg, len(data))
+    transforms = transforms if transforms is not None else build_transforms(cfg, population(data))
     if backend is None:
+        if not isinstance(data, FederatedDataset):
+            raise ConfigError("a deployment's devices are remote: serve it with shoal server")
         backend = make_backend(cfg, model, data, transforms, cfg.strategy.num_to_select(len(data)))
     return Simulation(
         model,
@@ -216,7 +291,7 @@ def build(
         federated_eval_every=cfg.eval.federated_eval_every,
         federated_eval_clients=cfg.eval.federated_eval_clients,
         out_dir=out_dir,
-        limits=cfg.strategy.limits(data.sizes().values()),
+        limits=cfg.strategy.limits(data.sizes().values() if isinstance(data, FederatedDataset) else None),
     )
 
 
@@ -256,7 +331,7 @@ def finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> 
         values = history.series(key)
         if values:
             summary[key] = values[-1][1]
-            summary["dp_delta"] = cfg.privacy.delta_for(len(sim.data))
+            summary["dp_delta"] = cfg.privacy.delta_for(population(sim.data))
     if history.stopped:
         summary["stopped"] = history.stopped
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,7 +2,8 @@
 
 The project holds a model, a loader for local files, a client, a config, a README, a test
 and a small CSV dataset (made here, so nothing is downloaded): ``cd NAME && shoal run``
-trains it in simulation, and the same folder serves ``shoal server`` / ``shoal client``.
+trains it in simulation, and the same folder serves ``shoal server`` / ``shoal client``,
+each device reading its own folder (three are made under ``devices/`` for a first try).
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ client = "{pkg}.client:build"
 
 [data]
 dataset = "{pkg}.data:load"   # your loader: returns one LabeledData (cut into clients below)
-path = "data"                  # the folder it reads, relative to this file
+path = "data"                  # the folder it reads in simulation, relative to this file
 num_clients = 20
 partition = "dirichlet"        # how the one dataset is cut into clients, for experiments
 dirichlet_alpha = 1.0
+input_shape = [8]              # one example's shape and the classes: a deployed server builds
+num_classes = 4                # the model from these, since it never sees the devices' data
+holdout_fraction = 0.2         # each client's share kept for federated evaluation
+
+[eval]
+federated_eval_every = 1       # the devices test each round's model on their held-out share
 
 [model]
 name = "{pkg}.model:Net"
@@ -40,6 +47,7 @@ hidden = [32]
 [strategy]
 name = "fedavg"                # or your own: "{pkg}.strategy:MyStrategy"
 clients_per_round = 5
+max_num_examples = 10000       # the most examples one device may claim (results are weighted by it)
 
 [trainer]
 lr = 0.1
@@ -148,14 +156,16 @@ python -m pytest tests         # the project's test
 - `{pkg}/client.py`: what each device runs (shoal's trainer until you change it).
 - `shoal.toml`: the run; every key is also a flag (`shoal run --help`).
 
-Deploy the same folder over the network (each device trains its own shard of `data/`):
+Deploy the same folder over the network. Each device trains on its own folder
+(`--data`), read by `{pkg}/data.py`; the server never loads any of it. Three device
+folders are under `devices/` to try it on one machine:
 
 ```bash
 shoal certs certs --clients 0,1,2
-shoal server --config shoal.toml --min-clients 3 \\
+shoal server --config shoal.toml --min-clients 3 --clients-per-round 3 \\
   --cert certs/server.pem --key certs/server.key --ca certs/ca.pem &
 for i in 0 1 2; do shoal client --config shoal.toml --client-id $i --server 127.0.0.1:8443 \\
-  --ca certs/ca.pem --cert certs/client-$i.pem --key certs/client-$i.key & done; wait
+  --data devices/$i --ca certs/ca.pem --cert certs/client-$i.pem --key certs/client-$i.key & done; wait
 ```
 """
 
@@ -171,15 +181,20 @@ def package_name(name: str) -> str:
     return pkg
 
 
-def sample_csv(rows: int = 1200, features: int = 8, classes: int = 4, seed: int = 0) -> str:
-    """A small tabular task: Gaussian blobs, one per class, in CSV with a ``label`` column."""
+def sample_csvs(sizes: list[int], features: int = 8, classes: int = 4, seed: int = 0) -> list[str]:
+    """Small tabular sets from one task (Gaussian blobs, one per class), in CSV with a
+    ``label`` column: one set per size."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 2.0, (classes, features))
-    labels = rng.integers(0, classes, rows)
-    x = centres[labels] + rng.normal(0, 1.5, (rows, features))
     header = ",".join([*(f"x{i}" for i in range(features)), "label"])
-    lines = [",".join([*(f"{v:.4f}" for v in row), str(int(y))]) for row, y in zip(x, labels, strict=True)]
-    return "\n".join([header, *lines]) + "\n"
+    texts = []
+    for rows in sizes:
+        labels = rng.integers(0, classes, rows)
+        x = centres[labels] + rng.normal(0, 1.5, (rows, features))
+        cells = [[*(f"{v:.4f}" for v in row), str(int(y))] for row, y in zip(x, labels, strict=True)]
+        lines = [",".join(c) for c in cells]
+        texts.append("\n".join([header, *lines]) + "\n")
+    return texts
 
 
 def new_project(name: str, parent: Path) -> Path:
@@ -196,8 +211,10 @@ def new_project(name: str, parent: Path) -> Path:
         f"{pkg}/data.py": DATA,
         f"{pkg}/client.py": CLIENT,
         "tests/test_project.py": TEST,
-        "data/train.csv": sample_csv(),
     }
+    shared, *devices = sample_csvs([1200, 300, 300, 300])
+    files["data/train.csv"] = shared  # the simulation's one dataset
+    files.update({f"devices/{i}/train.csv": text for i, text in enumerate(devices)})  # a device's own
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

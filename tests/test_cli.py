@@ -59,7 +59,8 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     ):
         assert key in records[-1], key
     page = (out / "report.html").read_text()
-    assert page.count("<svg") == 4 and "Accuracy" in page and "Bytes on the wire" in page
+    assert page.count("<svg") == 5 and "Accuracy" in page and "Bytes on the wire" in page
+    assert "Other metrics" in page and "local_steps" in page  # what clients report beyond the built-ins
     assert "clients_per_round = 3" in (out / "config.toml").read_text()
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
@@ -156,7 +157,7 @@ def test_central_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, capsys
 def test_the_network_commands_refuse_secrets_on_the_command_line_and_odd_ids(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('[data]\ndataset = "digits"\nnum_clients = 4\n')
-    client = ["client", "--server", "127.0.0.1:1", "--config", str(config), "--insecure"]
+    client = ["client", "--server", "127.0.0.1:1", "--config", str(config), "--insecure", "--experiment"]
     assert main([*client, "--client-id", "0", "--token", "s3cret"]) == 2
     err = capsys.readouterr().err
     assert "--token-file" in err and "SHOAL_TOKEN" in err and "s3cret" not in err
@@ -168,7 +169,16 @@ def test_the_network_commands_refuse_secrets_on_the_command_line_and_odd_ids(tmp
     assert "not a valid client id" in capsys.readouterr().err
     tokens = tmp_path / "tokens"
     tokens.write_text("a/b " + "0" * 64 + "\n")
-    server = ["server", "--config", str(config), "--insecure", "--tokens", str(tokens), "--quiet"]
+    server = [
+        "server",
+        "--config",
+        str(config),
+        "--insecure",
+        "--tokens",
+        str(tokens),
+        "--quiet",
+        "--experiment",
+    ]
     assert main([*server, "--out", str(tmp_path / "out"), "--address", "127.0.0.1:0"]) == 2
     assert "not a valid client id" in capsys.readouterr().err
 

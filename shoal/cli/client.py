@@ -8,8 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from shoal import config as cfgmod
-from shoal.cli.common import tls_flags
+from shoal.cli.common import config_flags, run_config, tls_flags
 from shoal.errors import ShoalError
 
 TOKEN_ON_COMMAND_LINE = (
@@ -20,9 +19,31 @@ TOKEN_ON_COMMAND_LINE = (
 
 
 def add_parser(sub: Any) -> None:
-    cli = sub.add_parser("client", help="a device: join a server and train its tasks")
+    cli = sub.add_parser(
+        "client",
+        help="a device: join a server and train its tasks",
+        description="A device: joins a shoal server and trains on its own files (--data), which "
+        "never leave it; or, in an experiment (--experiment), on its shard of the config's dataset.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  shoal client --server 10.0.0.5:8443 --config shoal.toml --client-id phone-7 "
+        "--data ~/my-data \\\n"
+        "    --ca certs/ca.pem --cert certs/client-phone-7.pem --key certs/client-phone-7.key",
+    )
     cli.add_argument("--server", required=True, help="host:port of the shoal server")
-    cli.add_argument("--config", type=Path, required=True, help="the server's config (model, trainer, data)")
+    config_flags(cli, required=True)
+    source = cli.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data",
+        type=Path,
+        help="this device's own data: a file or folder (CSV, images in class folders, .npz, "
+        ".safetensors, text), or what the config's loader reads",
+    )
+    source.add_argument(
+        "--experiment",
+        action="store_true",
+        help="the partition-of-one-dataset mode: train on this client id's shard of the config's "
+        "dataset (the device loads all of it; for experiments)",
+    )
     cli.add_argument("--client-id", required=True, help="this device's id (its certificate's common name)")
     tls_flags(cli, "client")
     cli.add_argument(
@@ -37,6 +58,7 @@ def add_parser(sub: Any) -> None:
 
 
 def handle(args: argparse.Namespace, console: Console) -> int:
+    from shoal import experiment
     from shoal.net.auth import check_client_id, read_token
     from shoal.net.client import device_for
     from shoal.net.tls import ClientTLS
@@ -52,9 +74,9 @@ def handle(args: argparse.Namespace, console: Console) -> int:
     token = read_token(args.token_file)
     if args.state_dir is not None:
         args.state_dir.mkdir(parents=True, exist_ok=True)
-    device = device_for(
-        cfgmod.load(args.config), args.client_id, args.server, tls, token, state_dir=args.state_dir
-    )
+    cfg = run_config(args)
+    data = experiment.device_data(cfg, args.data.expanduser().resolve()) if args.data else None
+    device = device_for(cfg, args.client_id, args.server, tls, token, data=data, state_dir=args.state_dir)
     done = device.run(give_up_s=args.give_up)
     console.print(f"client {args.client_id}: {done} tasks done; the server finished the run")
     return 0

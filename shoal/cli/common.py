@@ -1,12 +1,17 @@
-"""What several subcommands share: the end-of-run summary and the TLS flags."""
+"""What several subcommands share: the config and its flags, the end-of-run summary, the TLS flags."""
 
 from __future__ import annotations
 
 import argparse
+import enum
+import typing
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from shoal import config as cfgmod
+from shoal.apps import find_project
 from shoal.errors import ShoalError
 from shoal.runtime.history import History
 
@@ -49,3 +54,62 @@ def tls_flags(p: argparse.ArgumentParser, side: str) -> None:
         + ("require client certificates from it" if side == "server" else "that signed the server's"),
     )
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC: for a local trial only")
+
+
+def config_flags(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """--config: a TOML file, by default the shoal.toml of the project we are in."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (see examples/; default: the shoal.toml of the project this folder is in)",
+    )
+    p.set_defaults(config_required=required)
+
+
+def config_keys(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """One flag per config key, over what the file says (but ``skip``, flags of the command's own)."""
+    group = p.add_argument_group("config keys (the same names as in the TOML file)")
+    for f in cfgmod.flags():
+        if f.flag in skip:
+            continue
+        key = f"{f.section}.{f.key}" if f.section else f.key
+        group.add_argument(
+            f.flag,
+            dest=f.flag,
+            metavar=_choices(f.type) or f.key.upper(),
+            default=None,
+            help=f"{key} (default: {_default(f.default)})",
+        )
+
+
+def overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {k: v for k, v in vars(args).items() if k.startswith("--") and v is not None}
+
+
+def run_config(args: argparse.Namespace) -> cfgmod.RunConfig:
+    """The defaults, then --config (or the project's shoal.toml), then the config-key flags."""
+    if args.config is None:
+        project = find_project()
+        if project is not None and (project / "shoal.toml").is_file():
+            args.config = project / "shoal.toml"  # run from a project folder: its config
+        elif args.config_required:
+            raise ShoalError("give --config FILE, or run from a project folder that holds a shoal.toml")
+    raw = cfgmod.to_dict(cfgmod.load(args.config)) if args.config else {}
+    return cfgmod.from_dict(cfgmod.apply_overrides(raw, overrides(args)))
+
+
+def _choices(tp: Any) -> str:
+    for t in (tp, *typing.get_args(tp)):
+        if isinstance(t, type) and issubclass(t, enum.Enum):
+            return "{" + ",".join(str(m.value) for m in t) + "}"
+        if typing.get_origin(t) is tuple:
+            return "A,B,..."
+    return ""
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return ",".join(str(_default(v)) for v in value) or "(none)"
+    return str(value)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import enum
 import time
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,28 +12,11 @@ from rich.console import Console
 
 from shoal import config as cfgmod
 from shoal import experiment
-from shoal.apps import find_project, label
-from shoal.cli.common import print_result, run_folder
+from shoal.apps import label
+from shoal.cli.common import config_flags, config_keys, overrides, print_result, run_config, run_folder
 from shoal.errors import ShoalError
 from shoal.report import RoundProgress, render
 from shoal.runtime.history import History, MetricsLog
-
-
-def _choices(tp: Any) -> str:
-    for t in (tp, *typing.get_args(tp)):
-        if isinstance(t, type) and issubclass(t, enum.Enum):
-            return "{" + ",".join(str(m.value) for m in t) + "}"
-        if typing.get_origin(t) is tuple:
-            return "A,B,..."
-    return ""
-
-
-def _default(value: Any) -> str:
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, tuple):
-        return ",".join(str(_default(v)) for v in value) or "(none)"
-    return str(value)
 
 
 def add_parser(sub: Any) -> None:
@@ -49,9 +30,7 @@ def add_parser(sub: Any) -> None:
         epilog="example:\n  shoal run --config examples/fmnist_noniid.toml "
         "--rounds 50 --clients-per-round 10 --seed 7",
     )
-    run.add_argument(
-        "--config", type=Path, help="TOML config file (see examples/; default: the project's shoal.toml)"
-    )
+    config_flags(run)
     run.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
     run.add_argument(
         "--resume",
@@ -60,23 +39,13 @@ def add_parser(sub: Any) -> None:
         help="continue an interrupted run from its last round",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    group = run.add_argument_group("config keys (the same names as in the TOML file)")
-    for f in cfgmod.flags():
-        key = f"{f.section}.{f.key}" if f.section else f.key
-        group.add_argument(
-            f.flag,
-            dest=f.flag,
-            metavar=_choices(f.type) or f.key.upper(),
-            default=None,
-            help=f"{key} (default: {_default(f.default)})",
-        )
+    config_keys(run)
     run.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, console: Console) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k.startswith("--") and v is not None}
     if args.resume is not None:
-        if args.config is not None or overrides:
+        if args.config is not None or overrides(args):
             raise ShoalError(
                 "--resume continues a run with its saved config.toml; drop --config and other flags"
             )
@@ -84,11 +53,7 @@ def handle(args: argparse.Namespace, console: Console) -> int:
         cfg = cfgmod.load(out / "config.toml")
         done = len(MetricsLog(out / "metrics.jsonl").read()) if (out / "metrics.jsonl").exists() else 0
     else:
-        project = find_project()
-        if args.config is None and project is not None and (project / "shoal.toml").is_file():
-            args.config = project / "shoal.toml"  # run from a project folder: its config
-        raw = cfgmod.to_dict(cfgmod.load(args.config)) if args.config else {}
-        cfg = cfgmod.from_dict(cfgmod.apply_overrides(raw, overrides))
+        cfg = run_config(args)
         out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         done = 0
     console.print(

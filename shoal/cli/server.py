@@ -10,7 +10,15 @@ from typing import Any
 from rich.console import Console
 
 from shoal import config as cfgmod
-from shoal.cli.common import print_result, run_folder, tls_flags
+from shoal.cli.common import (
+    config_flags,
+    config_keys,
+    overrides,
+    print_result,
+    run_config,
+    run_folder,
+    tls_flags,
+)
 from shoal.errors import ShoalError
 from shoal.report import RoundProgress, render
 
@@ -19,13 +27,16 @@ def add_parser(sub: Any) -> None:
     srv = sub.add_parser(
         "server",
         help="coordinate a federated run with remote devices (gRPC)",
-        description="Run the config's training with devices that connect over the network (shoal client).",
+        description="Run the config's training with devices that connect over the network "
+        "(shoal client). The devices train on their own data, which the server never loads; it "
+        "builds the model from [data] input_shape and num_classes and tests on [data] test_path, "
+        "if set. With --experiment, devices train on shards of the config's dataset instead.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  shoal certs certs --clients 0,1,2\n"
         "  shoal server --config run.toml --address 0.0.0.0:8443 --cert certs/server.pem "
         "--key certs/server.key --ca certs/ca.pem",
     )
-    srv.add_argument("--config", type=Path, required=True)
+    config_flags(srv, required=True)
     srv.add_argument("--address", default="127.0.0.1:8443", help="host:port to listen on")
     srv.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
     srv.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -40,7 +51,14 @@ def add_parser(sub: Any) -> None:
         "--min-clients", type=int, help="devices to wait for before round 1 (default: a round's)"
     )
     srv.add_argument("--join-timeout", type=float, default=300.0, help="seconds to wait for them")
+    srv.add_argument(
+        "--experiment",
+        action="store_true",
+        help="the partition-of-one-dataset mode: the devices are the clients of the config's dataset "
+        "cut as [data] says (the server loads it for its test split and admits only those ids)",
+    )
     srv.add_argument("--quiet", action="store_true")
+    config_keys(srv, skip=frozenset({"--min-clients"}))  # here: devices to wait for
     srv.set_defaults(handler=handle)
 
 
@@ -56,12 +74,15 @@ def handle(args: argparse.Namespace, console: Console) -> int:
     if args.resume and args.out is None:
         raise ShoalError("--resume continues the run in --out: give --out RUN_DIR")
     tls = None if args.insecure else TLSFiles(args.cert, args.key, args.ca)
-    cfg = cfgmod.load(args.out / "config.toml") if args.resume and args.out else cfgmod.load(args.config)
+    if args.resume and overrides(args):  # --config may stay: the saved config.toml is what resumes
+        raise ShoalError("--resume continues a run with its saved config.toml; drop the config-key flags")
+    cfg = cfgmod.load(args.out / "config.toml") if args.resume and args.out else run_config(args)
     out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
     kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None
     kw["over_selection"] = args.over_selection
+    kw["partition"] = args.experiment
     console.print(f"[bold]shoal server[/bold] on {args.address}: {cfg.rounds} rounds, run folder {out}")
     if args.quiet:
         history = serve(cfg, out, args.address, tls, **kw)

@@ -7,6 +7,7 @@ Cross-section rules live in ``rules.py``; the TOML file and command-line flags i
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -80,9 +81,26 @@ class DataConfig:
     synthetic_alpha: float = 0.0  # dataset = "synthetic": how much the devices' models differ
     synthetic_beta: float = 0.0  # dataset = "synthetic": how much the devices' inputs differ
     synthetic_iid: bool = False  # dataset = "synthetic": one shared model and input law
+    # A deployment (devices with their own files) builds the model before any data arrives,
+    # from these; a simulation takes them from the data and, when they are set, checks them.
+    input_shape: tuple[int, ...] | None = None  # one example's shape, e.g. [8] or [1, 28, 28]
+    num_classes: int | None = None  # None with classes set: len(classes)
+    classes: tuple[str, ...] = ()  # label names in index order (CSV labels, image folder names)
+    test_path: str | None = None  # a deployment: the server's own test set, read as a device reads its data
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", named("data.dataset", self.dataset, DatasetName))
+        if self.num_classes is None and self.classes:
+            object.__setattr__(self, "num_classes", len(self.classes))
+        if self.num_classes is not None:
+            _at_least("data.num_classes", self.num_classes, 1)
+            if self.classes and len(self.classes) != self.num_classes:
+                raise ConfigError(
+                    f"data.classes names {len(self.classes)} classes but data.num_classes is "
+                    f"{self.num_classes}; drop num_classes (it follows from classes) or make them agree"
+                )
+        if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
+            raise ConfigError(f"data.input_shape must be a list of sizes >= 1, got {list(self.input_shape)}")
         object.__setattr__(self, "partition", Partition(self.partition))
         _at_least("data.num_clients", self.num_clients, 1)
         _at_least("data.shards_per_client", self.shards_per_client, 1)
@@ -139,9 +157,18 @@ class StrategyConfig:
             self.build()  # the constructors check every value
         self.limits([1])
 
-    def limits(self, sizes: Iterable[int]) -> ResultLimits:
-        """The claims a client may make, for a population of these training-set sizes."""
-        cap = self.max_num_examples if self.max_num_examples is not None else max(max(sizes, default=1), 1)
+    def limits(self, sizes: Iterable[int] | None) -> ResultLimits:
+        """The claims a client may make, for a population of these training-set sizes
+        (None: a deployment, where the server cannot see them)."""
+        cap = self.max_num_examples
+        if cap is None and sizes is None:
+            raise ConfigError(
+                "a deployed server never sees the devices' data, so it cannot tell how many "
+                "examples an honest device holds: set strategy.max_num_examples (the most one "
+                "device may claim; FedAvg weights results by it), e.g. 10000"
+            )
+        if cap is None:
+            cap = max(max(sizes or (), default=1), 1)
         return ResultLimits(max_num_examples=cap, max_update_norm=self.max_update_norm)
 
     def build(self, local_epochs: int = 1) -> Strategy:
@@ -230,21 +257,29 @@ class PrivacyConfig:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
         self._central(100), self._local(100)  # the constructors check every value, in every mode
 
-    def delta_for(self, num_clients: int) -> float:
-        return self.delta if self.delta is not None else float(num_clients) ** -1.1
+    def delta_for(self, num_clients: int | None) -> float:
+        """delta as set, or 1 / N^1.1 for a population of N (None: a deployment's, unknown)."""
+        if self.delta is not None:
+            return float(self.delta)
+        if num_clients is None:
+            raise ConfigError(
+                "privacy.delta defaults to 1 / N^1.1 for N users, but a deployed server cannot "
+                "count its devices' users: set privacy.delta below 1 / (the most users you expect)"
+            )
+        return math.pow(num_clients, -1.1)
 
-    def build(self, num_clients: int) -> CentralDP | LocalDP | None:
-        """The DP transform for a population of ``num_clients``, or None."""
+    def build(self, num_clients: int | None) -> CentralDP | LocalDP | None:
+        """The DP transform for a population of ``num_clients`` (None: unknown), or None."""
         if self.mode is PrivacyMode.CENTRAL:
             return self._central(num_clients)
         if self.mode is PrivacyMode.LOCAL:
             return self._local(num_clients)
         return None
 
-    def _local(self, num_clients: int) -> LocalDP:
+    def _local(self, num_clients: int | None) -> LocalDP:
         return LocalDP(self.clip_norm, self.noise_multiplier, self.delta_for(num_clients), self.noise)
 
-    def _central(self, num_clients: int) -> CentralDP:
+    def _central(self, num_clients: int | None) -> CentralDP:
         return CentralDP(
             noise_multiplier=self.noise_multiplier,
             clip_norm=self.clip_norm,

@@ -105,3 +105,16 @@ class FederatedDataset:
 
     def sizes(self) -> dict[str, int]:
         return {cid: len(c.train) for cid, c in self.clients.items()}
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """What a deployed server holds: the shapes its model is built for and, optionally, its
+    own test set. The devices' data stays on the devices, and the population is whoever
+    connects, so there are no client ids or sizes here (compare :class:`FederatedDataset`,
+    the simulation's view of every client)."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    test: ArrayDataset | None = None

@@ -29,7 +29,7 @@ from shoal import config as cfgmod
 from shoal import experiment
 from shoal.client import ClientApp, run_evaluate, run_train
 from shoal.client.state import ClientStateStore
-from shoal.data.datasets import ClientData
+from shoal.data.datasets import ClientData, FederatedDataset, ServerData
 from shoal.errors import ConfigError, WireFormatError
 from shoal.messages import EvalTask, Failure, FailureKind, Message, TrainResult, TrainTask, decode, encode
 from shoal.net.auth import ID_HEADER, TOKEN_HEADER, check_client_id
@@ -254,6 +254,9 @@ def refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
         )
 
 
+MAX_DEPLOYED_COHORT = 10_000  # peers a deployed device's secure-aggregation messages may name
+
+
 def device_for(
     cfg: cfgmod.RunConfig,
     client_id: str,
@@ -263,20 +266,28 @@ def device_for(
     data: ClientData | None = None,
     state_dir: Path | None = None,
 ) -> Device:
-    """A device for ``client_id``: its shard of the config's data unless ``data`` is given."""
+    """A device for ``client_id`` training on ``data``, its own (a deployment: the model's
+    shapes come from the config, see :func:`shoal.experiment.device_data`); or, when
+    ``data`` is None, on its shard of the config's dataset cut into clients (an experiment)."""
     refuse_unsupported(cfg)
     check_client_id(client_id)
-    federated = experiment.load_data(cfg)
+    view: FederatedDataset | ServerData
     if data is None:
-        if client_id not in federated.clients:
-            raise ConfigError(f"client {client_id!r} is not in this config's data ({len(federated)} clients)")
-        data = federated[client_id]
-    model = experiment.model_factory(cfg, federated)
-    transforms = experiment.build_transforms(cfg, len(federated))
+        view = experiment.load_data(cfg)
+        if client_id not in view.clients:
+            raise ConfigError(
+                f"client {client_id!r} is not in this config's data ({len(view)} clients); an "
+                "experiment's devices are its client ids: 0..num_clients-1"
+            )
+        data, cohort = view[client_id], len(view)
+    else:
+        view, cohort = experiment.server_data(cfg, load_test=False), MAX_DEPLOYED_COHORT
+    model = experiment.model_factory(cfg, view)
+    transforms = experiment.build_transforms(cfg, experiment.population(view))
     spec = ParamSpec.from_module(model())
     # a task carries the model and at most one more vector of its size (SCAFFOLD's control);
     # a secure-aggregation message, a share or key per peer
-    biggest = 2 * train_result_bytes(spec.num_params, ("params",)) + secagg_answer_bytes(len(federated))
+    biggest = 2 * train_result_bytes(spec.num_params, ("params",)) + secagg_answer_bytes(cohort)
     return Device(
         address,
         client_id,

@@ -4,6 +4,13 @@ The server builds the run exactly as a simulation would (model, strategy, transf
 evaluation, checkpoints, result limits) but with a :class:`~shoal.net.backend.GrpcBackend`
 in place of simulated clients. Devices load the same config through
 :func:`shoal.net.client.device_for`.
+
+Two modes. A **deployment** (the default): devices train on their own files
+(``shoal client --data PATH``); the server loads none of them, builds the model from the
+config's shapes, tests on its own test set if the config names one, and admits any device
+that authenticates (a CA-signed certificate, a token). An **experiment**
+(``partition=True``): the config's dataset cut into clients, each device training its
+shard; the server loads the dataset for its test split and admits only its client ids.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 
 from shoal import config as cfgmod
 from shoal import experiment
+from shoal.data.datasets import FederatedDataset, ServerData
 from shoal.errors import ConfigError
 from shoal.net.backend import GrpcBackend, NetworkChannel
 from shoal.net.client import refuse_unsupported
@@ -37,7 +45,7 @@ def upload_rules(
     cfg: cfgmod.RunConfig,
     strategy: Strategy,
     transforms: Sequence[UpdateTransform],
-    sizes: Iterable[int],
+    sizes: Iterable[int] | None,
     num_params: int,
 ) -> UploadRules:
     """How the server judges a device's upload in this run: the config's result limits,
@@ -66,15 +74,23 @@ def serve(
     callbacks: Sequence[Callback] = (),
     tokens: Mapping[str, str] | None = None,
     over_selection: float = 0.0,
+    partition: bool = False,
 ) -> History:
-    """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``."""
+    """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``.
+    ``partition``: an experiment over the config's dataset cut into clients (see above)."""
     refuse_unsupported(cfg)
-    data = experiment.load_data(cfg)  # the central test set, the shapes, the enrolled client ids
+    data: FederatedDataset | ServerData
+    if partition:  # the central test set, the shapes, the enrolled client ids
+        data = experiment.load_data(cfg)
+        sizes: list[int] | None = list(data.sizes().values())
+        enrolled: list[str] | None = data.client_ids
+    else:
+        data, sizes, enrolled = experiment.server_data(cfg), None, None
     model = experiment.model_factory(cfg, data)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
-    transforms = experiment.build_transforms(cfg, len(data))
+    transforms = experiment.build_transforms(cfg, experiment.population(data))
     spec = ParamSpec.from_module(model())
-    wanted = cfg.strategy.num_to_select(len(data))
+    wanted = _cohort(cfg, data, min_clients)
     commit_fraction = 1.0
     if over_selection > 0:  # pick more devices than needed; the round commits with the first answers
         if over_selection > 1:
@@ -83,12 +99,12 @@ def serve(
             raise ConfigError("--over-selection needs a FedAvg-family strategy (it sets clients_per_round)")
         strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
         commit_fraction = wanted / strategy.clients_per_round
-    rules = upload_rules(cfg, strategy, transforms, data.sizes().values(), spec.num_params)
+    rules = upload_rules(cfg, strategy, transforms, sizes, spec.num_params)
     out_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(out_dir / "server.sqlite")
     backend = GrpcBackend(
         round_timeout_s=round_timeout_s,
-        expected_clients=data.client_ids,
+        expected_clients=enrolled,
         rules=rules,
         model_hash=spec.digest(),
         run_id=out_dir.name,
@@ -124,3 +140,17 @@ def serve(
         backend.wait_until_told(timeout_s=15.0)  # devices in backoff still learn that the run ended
         server.stop(grace=2.0)
         registry.close()
+
+
+def _cohort(cfg: cfgmod.RunConfig, data: FederatedDataset | ServerData, min_clients: int | None) -> int:
+    """Devices a round picks, as far as the server can tell before any joins."""
+    if isinstance(data, FederatedDataset):
+        return cfg.strategy.num_to_select(len(data))
+    if cfg.strategy.fraction is None:
+        return cfg.strategy.clients_per_round
+    if min_clients is None:  # a share of a population nobody has counted yet
+        raise ConfigError(
+            "strategy.fraction picks a share of the devices that join; say how many to wait for "
+            "before round 1 with --min-clients, or set clients_per_round instead"
+        )
+    return max(round(cfg.strategy.fraction * min_clients), 1)

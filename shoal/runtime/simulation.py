@@ -17,7 +17,7 @@ import torch
 
 from shoal.client.app import AppBuilder
 from shoal.client.trainer import TorchTrainer, evaluate_module
-from shoal.data.datasets import FederatedDataset
+from shoal.data.datasets import FederatedDataset, ServerData
 from shoal.errors import ConfigError, RoundAbortedError, SpecMismatchError
 from shoal.messages import (
     EvalResult,
@@ -60,7 +60,7 @@ class Simulation:
     def __init__(
         self,
         model: ModelFactory,
-        data: FederatedDataset,
+        data: FederatedDataset | ServerData,
         strategy: Strategy,
         trainer: AppBuilder | None = None,
         *,
@@ -77,8 +77,11 @@ class Simulation:
         if eval_every < 0 or federated_eval_every < 0 or federated_eval_clients < 1:
             raise ConfigError("eval_every and federated_eval_every must be >= 0, federated_eval_clients >= 1")
         self.data, self.strategy, self.seed = data, strategy, seed
-        # Unless told otherwise, no client may claim more examples than the largest one holds.
-        self.limits = limits or ResultLimits(max_num_examples=max(max(data.sizes().values()), 1))
+        if limits is None:  # no client may claim more examples than the largest one holds
+            if isinstance(data, ServerData):
+                raise ConfigError("a deployed server needs explicit result limits (max_num_examples)")
+            limits = ResultLimits(max_num_examples=max(max(data.sizes().values()), 1))
+        self.limits = limits
         self.transforms = list(transforms)
         # DP's amplification by sampling assumes nobody can tell who was picked
         self.secret_selection = any(t.secret_sampling() for t in self.transforms)
@@ -91,7 +94,11 @@ class Simulation:
         if params is not None:
             check_vector(params, self.spec, "initial params")
             self.params = params.copy()
-        self.backend = backend or InProcessBackend(trainer or TorchTrainer(), model, data, transforms, seed)
+        if backend is None:
+            if isinstance(data, ServerData):
+                raise ConfigError("a deployed server's clients are remote: pass the network backend")
+            backend = InProcessBackend(trainer or TorchTrainer(), model, data, transforms, seed)
+        self.backend = backend
         self._server = FlatModule(model()) if data.test is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir else None
@@ -180,7 +187,10 @@ class Simulation:
     def available(self) -> list[str]:
         """The clients a round may pick: the backend's live devices, or every simulated client."""
         live = self.backend.available()
-        return list(live) if live is not None else self.data.client_ids
+        if live is not None:
+            return list(live)
+        assert isinstance(self.data, FederatedDataset), "a deployment's backend knows its devices"
+        return self.data.client_ids
 
     def _transform_context(self, round: int, population: int) -> TransformContext:
         sampling = self.strategy.sampling_for(max(population, 1))
@@ -237,10 +247,12 @@ class Simulation:
             record.update(self._federated_eval(r))
 
     def _federated_eval(self, r: int) -> Record:
-        live = set(self.available())
-        holders = [
-            cid for cid, c in self.data.clients.items() if c.test is not None and len(c.test) and cid in live
-        ]
+        if isinstance(self.data, ServerData):  # only the devices know whether they hold a holdout
+            holders = self.available()
+        else:
+            live = set(self.available())
+            held = self.data.clients
+            holders = [cid for cid, c in held.items() if cid in live and c.test is not None and len(c.test)]
         if not holders:
             raise ConfigError("federated evaluation needs client holdouts: set data.holdout_fraction > 0")
         rng = RoundContext(r, self.seed).rng(Stream.FEDERATED_EVAL)
@@ -310,7 +322,6 @@ class Simulation:
         if not any(not r["aborted"] for r in self.records):
             warnings.warn(self._why_nothing_trained(), RuntimeWarning, stacklevel=2)
         return History(list(self.records), self.params, self.spec, self.out_dir, stopped=self.stopped)
-
 
     def _why_nothing_trained(self) -> str:
         if not self.records:

@@ -36,12 +36,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def shoal(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def shoal(
+    *args: str, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """``python -m shoal.cli ARGS`` with its output in ``log``."""
     # one thread, as this test process uses: float sums then match the simulation bit for bit
     full = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full
+        [sys.executable, "-m", "shoal.cli", *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=full,
+        cwd=cwd,
     )
 
 

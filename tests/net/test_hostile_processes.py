@@ -14,11 +14,13 @@ pytestmark = pytest.mark.slow
 
 def _server(config, out, address, *extra, log):
     args = ["server", "--config", str(config), "--address", address, "--out", str(out), "--quiet"]
+    args.append("--experiment")
     return shoal(*args, "--insecure", *extra, log=log)
 
 
 def _client(config, address, cid, log, *extra, env=None):
     args = ["client", "--server", address, "--config", str(config), "--client-id", cid, "--insecure"]
+    args.append("--experiment")
     return shoal(*args, "--give-up", "60", *extra, log=log, env=env)
 
 

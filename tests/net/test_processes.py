@@ -29,6 +29,7 @@ def test_server_killed_mid_run_resumes_and_devices_reconnect(tmp_path, capsys):
     address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "out"
     serve = ["server", "--config", str(config), "--address", address, "--out", str(out), "--quiet"]
+    serve.append("--experiment")
     serve += [
         "--cert",
         str(certs / "server.pem"),
@@ -41,7 +42,7 @@ def test_server_killed_mid_run_resumes_and_devices_reconnect(tmp_path, capsys):
     server = _shoal(*serve, log=tmp_path / "s1.log")
 
     def client(c: str) -> subprocess.Popen[bytes]:
-        args = ["client", "--server", address, "--config", str(config), "--client-id", c]
+        args = ["client", "--server", address, "--config", str(config), "--client-id", c, "--experiment"]
         args += ["--ca", str(certs / "ca.pem"), "--cert", str(certs / f"client-{c}.pem")]
         args += ["--key", str(certs / f"client-{c}.key")]
         return _shoal(*args, log=tmp_path / f"c{c}.log")
@@ -88,10 +89,12 @@ def test_killed_and_frozen_devices_cost_their_updates_not_the_run(tmp_path):
         str(out),
         "--quiet",
         "--insecure",
+        "--experiment",
     ]
     server = _shoal(*serve, "--min-clients", "8", "--round-timeout", "12", log=tmp_path / "s.log")
     clients = {
         c: _shoal("client", "--server", address, "--config", str(config), "--client-id", c, "--insecure",
+                  "--experiment",
                   log=tmp_path / f"c{c}.log")
         for c in "01234567"
     }  # fmt: skip
