@@ -14,16 +14,17 @@ from shoal import apps
 from shoal import config as cfgmod
 from shoal.apps import Ref, label
 from shoal.client.app import AppBuilder, ClientApp
-from shoal.client.trainer import TorchTrainer
+from shoal.client.hparams import TorchTrainer
 from shoal.config import DatasetName, RunConfig, TransformName
+from shoal.config.names import BackendName, ModelName
 from shoal.data.datasets import ClientData, FederatedDataset, LabeledData, ServerData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
 from shoal.data.partition import partition
 from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError, DataError
-from shoal.models import ModelFactory, ModelName, char_lstm, mcmahan_2nn, mcmahan_cnn, mlp
-from shoal.runtime.backend import Backend, BackendName, InProcessBackend
+from shoal.models import ModelFactory, char_lstm, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
 from shoal.runtime.vectorized import VectorizedBackend, cohort_supported, cohorts_pay_off

@@ -67,6 +67,9 @@ def record_key(key: str, reducer: Reducer) -> str:
 
 def reduce_metrics(results: Sequence[TrainResult]) -> dict[str, float]:
     """The round's value of every numeric metric the results report."""
+    from shoal.client.algorithm import load_builtins  # their reducers are declared on registering
+
+    load_builtins()
     values: dict[str, tuple[list[float], list[int]]] = {}
     for r in results:
         for key, v in r.metrics.items():

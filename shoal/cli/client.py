@@ -58,10 +58,7 @@ def add_parser(sub: Any) -> None:
 
 
 def handle(args: argparse.Namespace, console: Console) -> int:
-    from shoal import experiment
     from shoal.net.auth import check_client_id, read_token
-    from shoal.net.client import device_for
-    from shoal.net.tls import ClientTLS
 
     if args.token is not None:
         raise ShoalError(TOKEN_ON_COMMAND_LINE)
@@ -70,11 +67,16 @@ def handle(args: argparse.Namespace, console: Console) -> int:
         raise ShoalError(
             "give --ca (the CA that signed the server's certificate), or --insecure for a local trial"
         )
-    tls = None if args.insecure else ClientTLS(args.ca, args.cert, args.key)
     token = read_token(args.token_file)
+    cfg = run_config(args)
+    # gRPC, torch and the rest load here, after every mistake on the command line has been named
+    from shoal import experiment
+    from shoal.net.client import device_for
+    from shoal.net.tls import ClientTLS
+
+    tls = None if args.insecure else ClientTLS(args.ca, args.cert, args.key)
     if args.state_dir is not None:
         args.state_dir.mkdir(parents=True, exist_ok=True)
-    cfg = run_config(args)
     data = experiment.device_data(cfg, args.data.expanduser().resolve()) if args.data else None
     device = device_for(cfg, args.client_id, args.server, tls, token, data=data, state_dir=args.state_dir)
     done = device.run(give_up_s=args.give_up)

@@ -6,14 +6,16 @@ import argparse
 import enum
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from shoal import config as cfgmod
 from shoal.apps import find_project
 from shoal.errors import ShoalError
-from shoal.runtime.history import History
+
+if TYPE_CHECKING:
+    from shoal.runtime.history import History
 
 
 def print_result(console: Console, history: History, out: Path) -> None:

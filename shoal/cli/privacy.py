@@ -9,7 +9,6 @@ from typing import Any
 from rich.console import Console
 
 from shoal import config as cfgmod
-from shoal import experiment
 from shoal.errors import ShoalError
 
 
@@ -44,6 +43,8 @@ def handle(args: argparse.Namespace, console: Console) -> int:
     from shoal.sampling import Sampling
 
     cfg = cfgmod.load(args.config) if args.config else cfgmod.RunConfig()
+    from shoal import experiment
+
     clients = args.clients or (len(experiment.load_data(cfg)) if args.config else None)
     per_round = args.clients_per_round or (cfg.strategy.clients_per_round if args.config else None)
     if not clients or not per_round:

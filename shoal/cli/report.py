@@ -8,8 +8,6 @@ from typing import Any
 
 from rich.console import Console
 
-from shoal.report import render
-
 
 def add_parser(sub: Any) -> None:
     rep = sub.add_parser("report", help="(re)render report.html for a run folder")
@@ -18,5 +16,7 @@ def add_parser(sub: Any) -> None:
 
 
 def handle(args: argparse.Namespace, console: Console) -> int:
+    from shoal.report import render
+
     console.print(f"wrote {render(args.run_dir)}")
     return 0

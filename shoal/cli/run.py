@@ -6,17 +6,17 @@ import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from shoal import config as cfgmod
-from shoal import experiment
 from shoal.apps import label
 from shoal.cli.common import config_flags, config_keys, overrides, print_result, run_config, run_folder
 from shoal.errors import ShoalError
-from shoal.report import RoundProgress, render
-from shoal.runtime.history import History, MetricsLog
+
+if TYPE_CHECKING:
+    from shoal.runtime.history import History
 
 
 def add_parser(sub: Any) -> None:
@@ -51,11 +51,16 @@ def handle(args: argparse.Namespace, console: Console) -> int:
             )
         out = args.resume
         cfg = cfgmod.load(out / "config.toml")
-        done = len(MetricsLog(out / "metrics.jsonl").read()) if (out / "metrics.jsonl").exists() else 0
     else:
         cfg = run_config(args)
         out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        done = 0
+    # torch and the rest load here, after every mistake on the command line has been named
+    from shoal.report import RoundProgress, render
+    from shoal.runtime.history import MetricsLog
+
+    done = 0
+    if args.resume is not None and (out / "metrics.jsonl").exists():
+        done = len(MetricsLog(out / "metrics.jsonl").read())
     console.print(
         f"[bold]shoal[/bold] {label(cfg.data.dataset)} / {label(cfg.model.name)} / "
         f"{label(cfg.strategy.name)}: "
@@ -76,6 +81,8 @@ def handle(args: argparse.Namespace, console: Console) -> int:
 
 
 def _go(args: argparse.Namespace, cfg: cfgmod.RunConfig, out: Path, callbacks: Sequence[Any]) -> History:
+    from shoal import experiment
+
     if args.resume is not None:
         return experiment.resume(out, callbacks=callbacks)
     return experiment.run(cfg, out, callbacks)

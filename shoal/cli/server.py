@@ -20,7 +20,6 @@ from shoal.cli.common import (
     tls_flags,
 )
 from shoal.errors import ShoalError
-from shoal.report import RoundProgress, render
 
 
 def add_parser(sub: Any) -> None:
@@ -63,21 +62,23 @@ def add_parser(sub: Any) -> None:
 
 
 def handle(args: argparse.Namespace, console: Console) -> int:
-    from shoal.net.auth import read_tokens
-    from shoal.net.run import serve
-    from shoal.net.tls import TLSFiles
-
     if args.insecure == bool(args.cert or args.key):
         raise ShoalError(
             "give --cert and --key (and --ca for client certificates), or --insecure for a local trial"
         )
     if args.resume and args.out is None:
         raise ShoalError("--resume continues the run in --out: give --out RUN_DIR")
-    tls = None if args.insecure else TLSFiles(args.cert, args.key, args.ca)
     if args.resume and overrides(args):  # --config may stay: the saved config.toml is what resumes
         raise ShoalError("--resume continues a run with its saved config.toml; drop the config-key flags")
     cfg = cfgmod.load(args.out / "config.toml") if args.resume and args.out else run_config(args)
     out = run_folder(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    # gRPC, torch and the rest load here, after every mistake on the command line has been named
+    from shoal.net.auth import read_tokens
+    from shoal.net.run import serve
+    from shoal.net.tls import TLSFiles
+    from shoal.report import RoundProgress, render
+
+    tls = None if args.insecure else TLSFiles(args.cert, args.key, args.ca)
     kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
     kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None

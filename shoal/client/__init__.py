@@ -1,9 +1,33 @@
 """Client side: the app protocol, the default trainer and the runner that wraps them."""
 
-from shoal.client.algorithm import ClientAlgorithm, ClientOutput, GradientTerm, LocalRun
-from shoal.client.algorithm import register as register_client_algorithm
-from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
-from shoal.client.trainer import OptimizerName, TorchClient, TorchTrainer, evaluate_module
+from typing import TYPE_CHECKING
+
+from shoal._lazy import exports
+
+_WHERE = {
+    "ClientAlgorithm": "shoal.client.algorithm",
+    "ClientOutput": "shoal.client.algorithm",
+    "GradientTerm": "shoal.client.algorithm",
+    "LocalRun": "shoal.client.algorithm",
+    "register_client_algorithm": "shoal.client.algorithm:register",
+    "AppBuilder": "shoal.client.app",
+    "ClientApp": "shoal.client.app",
+    "run_evaluate": "shoal.client.app",
+    "run_train": "shoal.client.app",
+    "OptimizerName": "shoal.config.names",
+    "TorchClient": "shoal.client.trainer",
+    "TorchTrainer": "shoal.client.hparams",
+    "evaluate_module": "shoal.client.trainer",
+}
+__getattr__, __dir__ = exports(globals(), _WHERE)
+
+if TYPE_CHECKING:  # what _WHERE loads, for type checkers
+    from shoal.client.algorithm import ClientAlgorithm, ClientOutput, GradientTerm, LocalRun
+    from shoal.client.algorithm import register as register_client_algorithm
+    from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
+    from shoal.client.hparams import TorchTrainer
+    from shoal.client.trainer import TorchClient, evaluate_module
+    from shoal.config.names import OptimizerName
 
 __all__ = [
     "AppBuilder",

@@ -29,6 +29,7 @@ Every hook has a no-op default, so an algorithm implements only what it changes:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -123,6 +124,25 @@ class ClientAlgorithm:
 
 
 _REGISTRY: dict[str, ClientAlgorithm] = {}
+# Each built-in registers itself beside its server half; loading them here on first use
+# means no trainer or metric fold depends on which of those modules was imported first.
+_BUILTINS = (
+    "shoal.strategy.fedprox",
+    "shoal.strategy.scaffold",
+    "shoal.strategy.fednova",
+    "shoal.strategy.feddyn",
+    "shoal.privacy.dp_sgd",
+)
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Register the built-in client algorithms (FedProx, SCAFFOLD, FedNova, FedDyn, DP-SGD)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTINS:
+            importlib.import_module(module)
 
 
 def register(algorithm: ClientAlgorithm) -> ClientAlgorithm:
@@ -137,12 +157,13 @@ def register(algorithm: ClientAlgorithm) -> ClientAlgorithm:
 
 
 def registered() -> list[ClientAlgorithm]:
+    load_builtins()
     return list(_REGISTRY.values())
 
 
 def active_for(task: TrainTask, run: LocalRun) -> list[ClientAlgorithm]:
     """The algorithms ``task`` turns on, each checked against the others."""
-    chosen = [a for a in _REGISTRY.values() if a.active(task, run)]
+    chosen = [a for a in registered() if a.active(task, run)]
     names = [a.name for a in chosen]
     for a in chosen:
         a.check(run, [n for n in names if n != a.name])

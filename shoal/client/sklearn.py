@@ -20,8 +20,8 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
 from shoal.client.app import ClientApp
+from shoal.client.hparams import TorchTrainer
 from shoal.client.state import ClientState
-from shoal.client.trainer import TorchTrainer
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask

@@ -102,7 +102,8 @@ def _unknown(key: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}{hint}. Known keys: {', '.join(sorted(known))}")
 
 
-def _build(cls: type, section: str, raw: dict[str, Any]) -> Any:
+def _values(cls: type, section: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A section's keys, each known and of its field's type."""
     hints = _hints(cls)
     prefix = f"{section}." if section else ""
     kwargs = {}
@@ -110,6 +111,11 @@ def _build(cls: type, section: str, raw: dict[str, Any]) -> Any:
         if k not in hints:
             raise _unknown(prefix + k, [prefix + n for n in hints])
         kwargs[k] = coerce(prefix + k, v, hints[k])
+    return kwargs
+
+
+def _build(cls: type, section: str, kwargs: dict[str, Any]) -> Any:
+    prefix = f"{section}." if section else ""
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -119,19 +125,22 @@ def _build(cls: type, section: str, raw: dict[str, Any]) -> Any:
 
 
 def from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Every key and type is checked before any section is built: building one checks
+    its values with the code it will run (a strategy, DP), which costs imports."""
     sections = _section_types()
     top: dict[str, Any] = {}
-    built: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {}
     top_hints = {k: v for k, v in _hints(RunConfig).items() if k not in sections}
     for k, v in raw.items():
         if k in sections:
             if not isinstance(v, dict):
                 raise ConfigError(f"[{k}] must be a table, got {v!r}")
-            built[k] = _build(sections[k], k, v)
+            values[k] = _values(sections[k], k, v)
         elif k in top_hints:
             top[k] = coerce(k, v, top_hints[k])
         else:
             raise _unknown(k, [*top_hints, *(f"[{s}]" for s in sections)])
+    built = {k: _build(sections[k], k, v) for k, v in values.items()}
     return RunConfig(**top, **built)
 
 
@@ -176,15 +185,29 @@ class Flag:
     default: Any
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def _section_defaults(field: dataclasses.Field[Any], cls: type) -> dict[str, Any]:
+    """A section's defaults, read from its fields: building the section (StrategyConfig(),
+    PrivacyConfig()) would check its values with their code, which costs imports."""
+    if field.default_factory is cls:  # type: ignore[comparison-overlap]
+        return {f.name: _default(f) for f in dataclasses.fields(cls)}
+    made = _default(field)  # a factory with values of its own: shoal run's trainer
+    return {f.name: getattr(made, f.name) for f in dataclasses.fields(cls)}
+
+
 def flags() -> list[Flag]:
     """One flag per config key; names shared by two sections carry the section's name."""
     sections = _section_types()
-    defaults = RunConfig()
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     entries: list[tuple[str | None, str, Any, Any]] = [
-        (None, k, t, getattr(defaults, k)) for k, t in _hints(RunConfig).items() if k not in sections
+        (None, k, t, _default(fields[k])) for k, t in _hints(RunConfig).items() if k not in sections
     ]
     for s, cls in sections.items():
-        entries += [(s, k, t, getattr(getattr(defaults, s), k)) for k, t in _hints(cls).items()]
+        defaults = _section_defaults(fields[s], cls)
+        entries += [(s, k, t, defaults[k]) for k, t in _hints(cls).items()]
     counts: dict[str, int] = {}
     for _, k, _, _ in entries:
         counts[k] = counts.get(k, 0) + 1

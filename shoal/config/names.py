@@ -1,4 +1,7 @@
-"""The names a config file may use for built-in choices (plain strings work too)."""
+"""The names a config file may use for built-in choices (plain strings work too).
+
+They live here, apart from the code they choose, so that reading a config (and the
+command line's flags) imports no torch; each is re-exported where its code lives."""
 
 from __future__ import annotations
 
@@ -40,3 +43,34 @@ class SecAggMode(enum.StrEnum):
     NONE = "none"
     SECAGG = "secagg"  # Bonawitz et al. 2017: every client masks with every other
     SECAGG_PLUS = "secagg+"  # Bell et al. 2020: masks along a random O(log n)-regular graph
+
+
+class ModelName(enum.StrEnum):
+    MCMAHAN_CNN = "mcmahan_cnn"
+    MCMAHAN_2NN = "mcmahan_2nn"
+    MLP = "mlp"
+    CHAR_LSTM = "char_lstm"
+
+
+class BackendName(enum.StrEnum):
+    AUTO = "auto"  # vectorized where it is supported and pays off, else inprocess
+    INPROCESS = "inprocess"  # one client after another: the reference
+    VECTORIZED = "vectorized"  # cohorts of clients at once (torch.func.vmap)
+    RAY = "ray"  # Ray actors on this machine or a cluster (ray_address)
+
+
+class Partition(enum.StrEnum):
+    IID = "iid"
+    DIRICHLET = "dirichlet"
+    SHARDS = "shards"
+    QUANTITY_SKEW = "quantity-skew"
+
+
+class AccountantName(enum.StrEnum):
+    RDP = "rdp"  # Renyi DP (Mironov 2017): fast; slightly loose
+    PLD = "pld"  # privacy loss distributions (Koskela et al.; Doroshenko et al. 2022): tight; Poisson only
+
+
+class OptimizerName(enum.StrEnum):
+    SGD = "sgd"
+    ADAM = "adam"

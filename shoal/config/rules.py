@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shoal.apps import label
-from shoal.config.names import PrivacyMode, SecAggMode, StrategyName, TransformName
+from shoal.config.names import BackendName, PrivacyMode, SecAggMode, StrategyName, TransformName
 from shoal.errors import ConfigError
-from shoal.runtime.backend import BackendName
 
 if TYPE_CHECKING:
     from shoal.config.schema import RunConfig

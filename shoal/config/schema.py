@@ -10,32 +10,38 @@ import enum
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal import apps
 from shoal.apps import Ref, label
-from shoal.client.trainer import TorchTrainer
+from shoal.client.hparams import TorchTrainer
 from shoal.config import rules
-from shoal.config.names import DatasetName, PrivacyMode, SecAggMode, StrategyName, TransformName
-from shoal.data.partition import Partition
+from shoal.config.names import (
+    AccountantName,
+    BackendName,
+    DatasetName,
+    ModelName,
+    Partition,
+    PrivacyMode,
+    SecAggMode,
+    StrategyName,
+    TransformName,
+)
 from shoal.errors import ConfigError
-from shoal.he.ckks import HomomorphicAggregation
-from shoal.models import ModelName
-from shoal.privacy.accounting import AccountantName
-from shoal.privacy.central import CentralDP
-from shoal.privacy.local import LocalDP
 from shoal.rng import NoiseName
-from shoal.runtime.backend import BackendName
-from shoal.runtime.validation import ResultLimits
 from shoal.sampling import SamplingKind
-from shoal.secagg.transform import SecureAggregation
-from shoal.strategy.base import Strategy
-from shoal.strategy.fedavg import FedAvg
-from shoal.strategy.feddyn import FedDyn
-from shoal.strategy.fednova import FedNova
-from shoal.strategy.fedprox import PROXIMAL_MU
-from shoal.strategy.scaffold import Scaffold
-from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerOptimizer, ServerSGD
+
+# What the sections build (strategies, DP, secure and homomorphic aggregation) is imported
+# where it is built, so that reading a config, and every error it can raise about keys,
+# types and names, costs no torch or privacy accountant.
+if TYPE_CHECKING:
+    from shoal.he.ckks import HomomorphicAggregation
+    from shoal.privacy.central import CentralDP
+    from shoal.privacy.local import LocalDP
+    from shoal.runtime.validation import ResultLimits
+    from shoal.secagg.transform import SecureAggregation
+    from shoal.strategy.base import Strategy
+    from shoal.strategy.server_opt import ServerOptimizer
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -169,11 +175,20 @@ class StrategyConfig:
             )
         if cap is None:
             cap = max(max(sizes or (), default=1), 1)
+        from shoal.runtime.validation import ResultLimits
+
         return ResultLimits(max_num_examples=cap, max_update_norm=self.max_update_norm)
 
     def build(self, local_epochs: int = 1) -> Strategy:
         """The strategy; stragglers draw their epochs from 1..``local_epochs`` (the trainer's).
         A user's strategy (an import path) is called with the arguments below it accepts."""
+        from shoal.strategy.base import Strategy
+        from shoal.strategy.fedavg import FedAvg
+        from shoal.strategy.feddyn import FedDyn
+        from shoal.strategy.fednova import FedNova
+        from shoal.strategy.fedprox import PROXIMAL_MU
+        from shoal.strategy.scaffold import Scaffold
+
         if self.proximal_mu < 0:
             raise ConfigError(f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
         prox = {PROXIMAL_MU: self.proximal_mu} if self.name is StrategyName.FEDPROX else {}
@@ -204,6 +219,8 @@ class StrategyConfig:
         return min(self.clients_per_round, population)
 
     def _server_optimizer(self) -> ServerOptimizer:
+        from shoal.strategy.server_opt import Adaptive, AdaptiveRule, ServerMomentum, ServerSGD
+
         plain = (
             StrategyName.FEDAVG,
             StrategyName.FEDPROX,
@@ -277,9 +294,13 @@ class PrivacyConfig:
         return None
 
     def _local(self, num_clients: int | None) -> LocalDP:
+        from shoal.privacy.local import LocalDP
+
         return LocalDP(self.clip_norm, self.noise_multiplier, self.delta_for(num_clients), self.noise)
 
     def _central(self, num_clients: int | None) -> CentralDP:
+        from shoal.privacy.central import CentralDP
+
         return CentralDP(
             noise_multiplier=self.noise_multiplier,
             clip_norm=self.clip_norm,
@@ -305,11 +326,15 @@ class SecAggConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", SecAggMode(self.mode))
+        from shoal.secagg.transform import SecureAggregation
+
         SecureAggregation(bound=self.bound, threshold=self.threshold)  # checks the values
 
     def build(self) -> SecureAggregation | None:
         if self.mode is SecAggMode.NONE:
             return None
+        from shoal.secagg.transform import SecureAggregation
+
         return SecureAggregation(self.bound, self.threshold, self.mode is SecAggMode.SECAGG_PLUS, self.degree)
 
 
@@ -324,7 +349,7 @@ class HEConfig:
     def build(self) -> HomomorphicAggregation | None:
         if not self.enabled:
             return None
-        from shoal.he.ckks import CKKSParams, KeyAuthority
+        from shoal.he.ckks import CKKSParams, HomomorphicAggregation, KeyAuthority
 
         params = CKKSParams(self.poly_modulus_degree, scale_bits=self.scale_bits)
         return HomomorphicAggregation(KeyAuthority(params))

@@ -1,5 +1,6 @@
 """Datasets, loaders and partitioners."""
 
+from shoal.config.names import Partition
 from shoal.data.datasets import ArrayDataset, ClientData, FederatedDataset, LabeledData
 from shoal.data.loaders import (
     digits,
@@ -11,7 +12,6 @@ from shoal.data.loaders import (
 )
 from shoal.data.local import read_local
 from shoal.data.partition import (
-    Partition,
     dirichlet,
     dirichlet_indices,
     federate,

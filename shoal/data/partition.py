@@ -8,19 +8,11 @@ optional per-client holdout for federated evaluation.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
+from shoal.config.names import Partition
 from shoal.data.datasets import ClientData, FederatedDataset, LabeledData
 from shoal.errors import DataError
-
-
-class Partition(enum.StrEnum):
-    IID = "iid"
-    DIRICHLET = "dirichlet"
-    SHARDS = "shards"
-    QUANTITY_SKEW = "quantity-skew"
 
 
 def _check_clients(n: int, num_clients: int) -> None:

@@ -6,21 +6,14 @@ Each factory takes the data's input shape and class count, so one config works o
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from shoal.config.names import ModelName
 from shoal.errors import ConfigError
-
-
-class ModelName(enum.StrEnum):
-    MCMAHAN_CNN = "mcmahan_cnn"
-    MCMAHAN_2NN = "mcmahan_2nn"
-    MLP = "mlp"
-    CHAR_LSTM = "char_lstm"
 
 
 def mcmahan_cnn(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:

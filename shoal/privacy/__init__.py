@@ -1,6 +1,7 @@
 """Differential privacy: accounting, noise, and the DP transforms of the update path."""
 
-from shoal.privacy.accounting import AccountantName, PrivacyLedger, calibrate_noise, epsilon
+from shoal.config.names import AccountantName
+from shoal.privacy.accounting import PrivacyLedger, calibrate_noise, epsilon
 from shoal.privacy.central import CentralDP
 from shoal.privacy.clipping import clip, l2_norm
 from shoal.privacy.dp_sgd import DPSGD

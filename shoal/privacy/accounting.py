@@ -17,7 +17,6 @@ any change of kind mid-run:
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import Any
 
@@ -28,17 +27,13 @@ from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from shoal.config.names import AccountantName
 from shoal.errors import CheckpointError, ConfigError
 from shoal.sampling import Sampling, SamplingKind
 
 # dp-accounting logs a warning for every RDP order it cannot evaluate at small noise; the
 # orders are simply skipped, so the result stays valid: keep those warnings out of the way.
 logging.set_verbosity(logging.ERROR)
-
-
-class AccountantName(enum.StrEnum):
-    RDP = "rdp"  # Renyi DP (Mironov 2017): fast; slightly loose
-    PLD = "pld"  # privacy loss distributions (Koskela et al.; Doroshenko et al. 2022): tight; Poisson only
 
 
 def round_event(sampling: Sampling, noise_multiplier: float) -> dp_event.DpEvent:

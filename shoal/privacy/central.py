@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from shoal.config.names import AccountantName
 from shoal.errors import ConfigError
 from shoal.messages import Failure, FailureKind, Scalar, TrainResult
-from shoal.privacy.accounting import AccountantName, PrivacyLedger
+from shoal.privacy.accounting import PrivacyLedger
 from shoal.privacy.clipping import clip
 from shoal.privacy.noise import NoiseSource, noise_source
 from shoal.rng import NoiseName

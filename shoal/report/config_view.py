@@ -14,11 +14,8 @@ from typing import Any
 
 import tomli_w
 
-from shoal.client.trainer import OptimizerName
 from shoal.config import DatasetName, PrivacyMode, RunConfig, SecAggMode, StrategyName, to_dict
-from shoal.data.partition import Partition
-from shoal.models import ModelName
-from shoal.runtime.backend import BackendName
+from shoal.config.names import BackendName, ModelName, OptimizerName, Partition
 
 # The key each partition reads beyond num_clients (iid reads none).
 _PARTITION_KEY = {

@@ -11,7 +11,6 @@ same methods.
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,13 +20,6 @@ from shoal.data.datasets import FederatedDataset
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.transforms.base import UpdateTransform
-
-
-class BackendName(enum.StrEnum):
-    AUTO = "auto"  # vectorized where it is supported and pays off, else inprocess
-    INPROCESS = "inprocess"  # one client after another: the reference
-    VECTORIZED = "vectorized"  # cohorts of clients at once (torch.func.vmap)
-    RAY = "ray"  # Ray actors on this machine or a cluster (ray_address)
 
 
 class Backend(abc.ABC):
@@ -118,4 +110,3 @@ class InProcessBackend(LocalClients):
             else unknown_client(t)
             for t in tasks
         ]
-

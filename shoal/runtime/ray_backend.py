@@ -179,7 +179,6 @@ class RayBackend(LocalClients):
         self._workers = []
 
 
-
 def _decode(raw: bytes, task: TrainTask | EvalTask) -> TrainResult | EvalResult | Failure:
     try:
         msg = decode(raw)

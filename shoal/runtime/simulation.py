@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from shoal.client.app import AppBuilder
-from shoal.client.trainer import TorchTrainer, evaluate_module
+from shoal.client.hparams import TorchTrainer
+from shoal.client.trainer import evaluate_module
 from shoal.data.datasets import FederatedDataset, ServerData
 from shoal.errors import ConfigError, RoundAbortedError, SpecMismatchError
 from shoal.messages import (

@@ -26,8 +26,10 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from shoal.client.algorithm import GradientTerm, LocalRun, active_for, combined_term, finish_all, registered
 from shoal.client.app import finish_train
+from shoal.client.hparams import TorchTrainer
 from shoal.client.state import ClientState
-from shoal.client.trainer import OptimizerName, TorchTrainer, local_run
+from shoal.client.trainer import local_run
+from shoal.config.names import OptimizerName
 from shoal.data.datasets import ClientData, FederatedDataset
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, EvalTask, Failure, TrainResult, TrainTask

@@ -153,4 +153,3 @@ class FedAvg(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.server_optimizer.load_state_dict(state.get("server_optimizer", {}))
-

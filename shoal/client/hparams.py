@@ -1,0 +1,71 @@
+"""The default trainer's settings: the config's ``[trainer]`` table.
+
+Apart from the trainer itself (``shoal.client.trainer``) so that reading a config imports
+no torch; ``build`` imports it where a client is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shoal.config.names import OptimizerName
+from shoal.errors import ConfigError
+from shoal.rng import NoiseName
+
+if TYPE_CHECKING:
+    from shoal.client.app import ClientApp
+    from shoal.models import ModelFactory
+
+
+@dataclass(frozen=True)
+class TorchTrainer:
+    """Local training hyperparameters; ``build`` makes the client app in each process.
+
+    A round's task may override ``lr``, ``local_epochs`` and ``local_steps`` through its
+    ``config`` (how strategies model stragglers or decay the client learning rate).
+    """
+
+    lr: float = 0.05
+    local_epochs: int = 1
+    local_steps: int | None = None  # when set, exactly this many minibatch steps, cycling epochs
+    batch_size: int = 32
+    optimizer: OptimizerName = OptimizerName.SGD
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    eval_batch_size: int = 1024
+    # DP-SGD on the device (Opacus): per-example clipping and noise, Poisson-sampled batches
+    dp_sgd_noise_multiplier: float | None = None  # set to turn DP-SGD on
+    dp_sgd_max_grad_norm: float = 1.0  # per-example gradient clip
+    dp_sgd_delta: float = 1e-5  # for the example-level epsilon each client reports
+    dp_sgd_noise: NoiseName = NoiseName.SECURE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
+        _check_positive("trainer.lr", self.lr)
+        _check_positive("trainer.batch_size", self.batch_size)
+        _check_positive("trainer.eval_batch_size", self.eval_batch_size)
+        if self.local_steps is None:
+            _check_positive("trainer.local_epochs", self.local_epochs)
+        else:
+            _check_positive("trainer.local_steps", self.local_steps)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"trainer.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        object.__setattr__(self, "dp_sgd_noise", NoiseName(self.dp_sgd_noise))
+        if self.dp_sgd_noise_multiplier is not None:
+            _check_positive("trainer.dp_sgd_noise_multiplier", self.dp_sgd_noise_multiplier)
+        _check_positive("trainer.dp_sgd_max_grad_norm", self.dp_sgd_max_grad_norm)
+        if not 0 < self.dp_sgd_delta < 1:
+            raise ConfigError(f"trainer.dp_sgd_delta must be in (0, 1), got {self.dp_sgd_delta}")
+
+    def build(self, model: ModelFactory) -> ClientApp:
+        from shoal.client.trainer import TorchClient  # torch: only where a client trains
+
+        return TorchClient(model(), self)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
