@@ -57,6 +57,12 @@ def client(model, trainer):
     return trainer.build(model)
 
 
+def seen(clients_per_round, server_momentum, beta1):
+    strategy = shoal.FedAvg(clients_per_round=clients_per_round)
+    strategy.seen = (server_momentum, beta1)
+    return strategy
+
+
 not_a_model = 3
 
 
@@ -104,6 +110,11 @@ def test_a_project_of_user_code_trains_and_resumes_like_the_builtins(project, tm
     again = c.load(tmp_path / "out" / "config.toml")  # import paths survive the run folder's config
     assert again.model.name == "myproj.app:Net" and again.client == "myproj.app:client"
     assert np.isfinite(history.params).all()
+
+
+def test_a_users_strategy_gets_the_strategy_keys_it_declares(project):
+    run = cfg(strategy={"name": "myproj.app:seen", "server_momentum": 0.5, "beta1": 0.8})
+    assert experiment.build(run, None).strategy.seen == (0.5, 0.8)
 
 
 @pytest.mark.parametrize(

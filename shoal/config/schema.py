@@ -204,7 +204,8 @@ class StrategyConfig:
             drop_stragglers=self.drop_stragglers,
         )
         if isinstance(self.name, Ref):
-            offered = {**common, "feddyn_alpha": self.feddyn_alpha, "proximal_mu": self.proximal_mu}
+            own = ("feddyn_alpha", "proximal_mu", "server_lr", "server_momentum", "beta1", "beta2", "tau")
+            offered = {**common, **{k: getattr(self, k) for k in own}}  # it takes those it declares
             made: Strategy = apps.build("strategy.name", self.name, Strategy, offered)
             return made
         if self.name is StrategyName.FEDDYN:
