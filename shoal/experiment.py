@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +241,45 @@ def population(data: FederatedDataset | ServerData) -> int | None:
     return len(data) if isinstance(data, FederatedDataset) else None
 
 
+def over_select(strategy: Strategy, wanted: int, share: float) -> float:
+    """Pick ``share`` more devices than the ``wanted`` a round needs; returns the share of
+    the picked that the round commits on (its first answers)."""
+    if share <= 0:
+        return 1.0
+    from shoal.strategy.fedavg import FedAvg
+
+    if not isinstance(strategy, FedAvg):
+        raise ConfigError(
+            "strategy.over_selection needs a FedAvg-family strategy (it sets clients_per_round)"
+        )
+    strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + share))
+    return wanted / strategy.clients_per_round
+
+
+def fleet_backend(
+    cfg: RunConfig, model: ModelFactory, data: FederatedDataset, inner: Backend, strategy: Strategy
+) -> Backend:
+    """``inner``'s clients as devices of the config's fleet, on a virtual clock."""
+    from shoal.fleet.backend import FleetBackend, RoundPolicy
+    from shoal.fleet.cost import train_flops_per_example
+    from shoal.fleet.devices import Fleet
+    from shoal.fleet.spec import load_fleet
+
+    assert cfg.fleet is not None
+    wanted = cfg.strategy.num_to_select(len(data))
+    commit = over_select(strategy, wanted, cfg.strategy.over_selection)
+    sample = next(c.train for c in data.clients.values() if len(c.train))
+    return FleetBackend(
+        inner,
+        Fleet(load_fleet(cfg.fleet), data.client_ids, cfg.seed),
+        data.sizes(),
+        train_flops_per_example(model, sample),
+        cfg.trainer,
+        RoundPolicy(cfg.strategy.deadline_s, commit),
+        min_available=math.ceil(wanted / commit),
+    )
+
+
 def build_transforms(cfg: RunConfig, num_clients: int | None) -> list[UpdateTransform]:
     """The update path in order: DP first (its client half sees the raw update, its server
     half the decoded one), the named transforms, then secure or homomorphic aggregation
@@ -276,14 +316,22 @@ def build(
             )
     model = model_factory(cfg, data)
     transforms = transforms if transforms is not None else build_transforms(cfg, population(data))
+    strategy = strategy or cfg.strategy.build(cfg.trainer.local_epochs)
     if backend is None:
         if not isinstance(data, FederatedDataset):
             raise ConfigError("a deployment's devices are remote: serve it with shoal server")
         backend = make_backend(cfg, model, data, transforms, cfg.strategy.num_to_select(len(data)))
+        if cfg.fleet is not None:
+            backend = fleet_backend(cfg, model, data, backend, strategy)
+        elif cfg.strategy.over_selection or cfg.strategy.deadline_s is not None:
+            raise ConfigError(
+                "strategy.over_selection and deadline_s need a clock: simulate devices with "
+                'fleet = "phones" (or your fleet file), or serve the run with shoal server'
+            )
     return Simulation(
         model,
         data,
-        strategy or cfg.strategy.build(cfg.trainer.local_epochs),
+        strategy,
         app_builder(cfg),
         seed=cfg.seed,
         transforms=transforms,

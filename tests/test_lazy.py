@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAZY = ["shoal", "shoal.client", "shoal.config", "shoal.runtime"]
+LAZY = ["shoal", "shoal.client", "shoal.config", "shoal.fleet", "shoal.runtime"]
 HEAVY = ("torch", "dp_accounting", "scipy", "matplotlib")
 
 

@@ -44,8 +44,6 @@ def add_parser(sub: Any) -> None:
         "--tokens", type=Path, help="per-device tokens: lines of '<client id> <sha256 of token>'"
     )
     srv.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round waits for devices")
-    over = "pick this share more devices; a round commits with the first answers (e.g. 0.3)"
-    srv.add_argument("--over-selection", type=float, default=0.0, help=over)
     srv.add_argument(
         "--min-clients", type=int, help="devices to wait for before round 1 (default: a round's)"
     )
@@ -82,7 +80,6 @@ def handle(args: argparse.Namespace, console: Console) -> int:
     kw = dict(insecure=args.insecure, round_timeout_s=args.round_timeout, min_clients=args.min_clients,
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
     kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None
-    kw["over_selection"] = args.over_selection
     kw["partition"] = args.experiment
     console.print(f"[bold]shoal server[/bold] on {args.address}: {cfg.rounds} rounds, run folder {out}")
     if args.quiet:

@@ -29,10 +29,26 @@ def check(cfg: RunConfig) -> None:
         if cfg.strategy.drop_stragglers:
             raise ConfigError("privacy.mode = 'central' aggregates every result; set drop_stragglers = false")
     _check_client_algorithm(cfg)
+    if cfg.fleet is not None:
+        _check_fleet(cfg)
     if cfg.secagg.mode is not SecAggMode.NONE and cfg.he.enabled:
         raise ConfigError("choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])")
     if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
         _check_hidden_updates(cfg)
+
+
+def _check_fleet(cfg: RunConfig) -> None:
+    """What a simulated fleet does not run yet, or makes redundant."""
+    if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
+        raise ConfigError(
+            "a fleet drops devices mid-round, which secure and homomorphic aggregation on a "
+            "virtual clock do not model yet: run them without fleet"
+        )
+    if cfg.strategy.straggler_fraction > 0:
+        raise ConfigError(
+            "with a fleet, slow devices come from their profiles: set strategy.straggler_fraction = 0 "
+            "and use strategy.deadline_s (and over_selection) to decide what a late result costs"
+        )
 
 
 def _check_client_algorithm(cfg: RunConfig) -> None:

@@ -156,9 +156,18 @@ class StrategyConfig:
     # data (no honest client is refused); results above it are rejected, never clamped.
     max_num_examples: int | None = None
     max_update_norm: float | None = None  # refuse updates longer than this (L2); None: no bound
+    # Rounds on a fleet (virtual time) or over the network: pick this share more devices
+    # than a round needs and commit on the first answers (Bonawitz et al. 2019 use 0.3) ...
+    over_selection: float = 0.0
+    deadline_s: float | None = None  # ... and drop results later than this (None: wait for all)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", named("strategy.name", self.name, StrategyName))
+        if not 0.0 <= self.over_selection <= 1.0:
+            why = f"a share of the cohort in [0, 1], got {self.over_selection}"
+            raise ConfigError(f"strategy.over_selection is {why}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ConfigError(f"strategy.deadline_s must be > 0 seconds, got {self.deadline_s}")
         if not isinstance(self.name, Ref):  # user code is imported when the run is built, not here
             self.build()  # the constructors check every value
         self.limits([1])
@@ -369,6 +378,9 @@ class RunConfig:
     # your client app: an app builder, or a function (model, trainer) -> ClientApp;
     # None: the [trainer] table's TorchTrainer
     client: Ref | None = None
+    # simulated clients as devices of a fleet on a virtual clock: a built-in fleet
+    # ("phones", "iot") or a TOML file in their format; None: every client always there
+    fleet: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

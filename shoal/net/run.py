@@ -16,7 +16,6 @@ shard; the server loads the dataset for its test split and admits only its clien
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from shoal.runtime import History
 from shoal.runtime.simulation import Callback
 from shoal.secagg import SecureAggregation
 from shoal.strategy.base import Strategy
-from shoal.strategy.fedavg import FedAvg
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.server")
@@ -73,7 +71,6 @@ def serve(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     tokens: Mapping[str, str] | None = None,
-    over_selection: float = 0.0,
     partition: bool = False,
 ) -> History:
     """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``.
@@ -91,14 +88,9 @@ def serve(
     transforms = experiment.build_transforms(cfg, experiment.population(data))
     spec = ParamSpec.from_module(model())
     wanted = _cohort(cfg, data, min_clients)
-    commit_fraction = 1.0
-    if over_selection > 0:  # pick more devices than needed; the round commits with the first answers
-        if over_selection > 1:
-            raise ConfigError(f"over_selection is a share of the cohort in (0, 1], got {over_selection}")
-        if not isinstance(strategy, FedAvg):
-            raise ConfigError("--over-selection needs a FedAvg-family strategy (it sets clients_per_round)")
-        strategy.fraction, strategy.clients_per_round = None, math.ceil(wanted * (1 + over_selection))
-        commit_fraction = wanted / strategy.clients_per_round
+    commit_fraction = experiment.over_select(strategy, wanted, cfg.strategy.over_selection)
+    if cfg.strategy.deadline_s is not None:  # the config's deadline is the round's, in wall time
+        round_timeout_s = cfg.strategy.deadline_s
     rules = upload_rules(cfg, strategy, transforms, sizes, spec.num_params)
     out_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(out_dir / "server.sqlite")

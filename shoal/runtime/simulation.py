@@ -216,6 +216,7 @@ class Simulation:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
         outcomes = self.backend.train(tasks)
+        record.update(self.backend.round_metrics())
         results, failures, counted = self._collect(tasks, outcomes, ctx, tctx, record, client_metrics)
         record.update(
             clients_selected=len(tasks),

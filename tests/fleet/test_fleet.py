@@ -1,0 +1,167 @@
+"""A fleet on a virtual clock: durations from profiles and exact bytes, who may train
+when, devices that leave mid-task, deadlines and over-selection, and exact resume."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+import shoal
+from shoal import config, experiment
+from shoal.data import digits, iid
+from shoal.errors import ConfigError
+from shoal.fleet.backend import FleetBackend, RoundPolicy
+from shoal.fleet.devices import Fleet
+from shoal.fleet.spec import from_dict
+from shoal.messages import Failure, FailureKind, TrainResult, encoded_size
+from shoal.models import mlp
+from shoal.runtime.backend import InProcessBackend
+
+HP = shoal.TorchTrainer(lr=0.2, local_epochs=1, batch_size=16)
+
+
+def spec(eligible=None, gflops=1.0, tiers=None, **availability):
+    return from_dict(
+        {
+            "name": "test",
+            "tier": tiers or [{"name": "only", "share": 1.0, "gflops_median": gflops, "gflops_sigma": 0.0,
+                               "memory_mb": 2000, "battery_wh": 12.0, "train_watts": 2.0}],
+            "network": [{"name": "wifi", "share": 1.0, "down_mbps_median": 8.0, "down_sigma": 0.0,
+                         "up_mbps_median": 2.0, "up_sigma": 0.0, "rtt_ms": 50, "unmetered": True}],
+            "availability": {"eligible_by_hour": eligible or [1.0] * 24, "session_minutes_median": 60,
+                             "timezones": [0], "timezone_shares": [1.0], "max_tasks_per_day": 100,
+                             **availability},
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data():
+    return iid(digits(), 12, seed=0, holdout_fraction=0.0)
+
+
+def backend(data, fleet_spec, flops=1e6, policy=None, min_available=1):
+    model = functools.partial(mlp, data.input_shape, 10, (8,))
+    inner = InProcessBackend(HP, model, data, run_seed=0)
+    fleet = Fleet(fleet_spec, data.client_ids, seed=0)
+    return model, FleetBackend(inner, fleet, data.sizes(), flops, HP, policy or RoundPolicy(), min_available)
+
+
+def tasks_for(model, clients, round_=1):
+    params, _ = shoal.runtime.initial_params(model, 0)
+    return shoal.FedAvg(clients_per_round=len(clients)).configure_train(
+        shoal.strategy.RoundContext(round_, 0), params, clients
+    )
+
+
+def test_a_tasks_virtual_duration_is_download_compute_upload(data):
+    model, fb = backend(data, spec(gflops=0.5), flops=2e6)
+    (task,) = tasks_for(model, [data.client_ids[0]])
+    (result,) = fb.train([task])
+    assert isinstance(result, TrainResult)
+    n = data.sizes()[task.client_id]
+    down, up = 0.05 + 8 * encoded_size(task) / 8e6, 0.05 + 8 * encoded_size(result) / 2e6
+    expected = down + 2e6 * n / 0.5e9 + up
+    assert fb.now == pytest.approx(expected, rel=1e-12)
+    assert fb.round_metrics()["round_virtual_s"] == pytest.approx(expected, rel=1e-12)
+    assert fb.round_metrics()["energy_wh"] == pytest.approx(2.0 * (2e6 * n / 0.5e9) / 3600)
+
+
+def test_the_share_of_eligible_devices_follows_the_local_hour():
+    hours = [0.9 if h < 6 else 0.1 for h in range(24)]
+    fleet = Fleet(spec(hours), [str(i) for i in range(20_000)], seed=1)
+    night, day = fleet.eligible(2 * 3600.0).mean(), fleet.eligible(14 * 3600.0).mean()
+    assert night == pytest.approx(0.9, abs=0.01) and day == pytest.approx(0.1, abs=0.01)
+
+
+def test_an_ineligible_device_is_never_picked(data):
+    metered = spec()
+    metered = from_dict({**_raw(metered), "network": [
+        {"name": "wifi", "share": 0.5, "down_mbps_median": 8.0, "down_sigma": 0.0, "up_mbps_median": 2.0,
+         "up_sigma": 0.0, "rtt_ms": 50, "unmetered": True},
+        {"name": "4g", "share": 0.5, "down_mbps_median": 8.0, "down_sigma": 0.0, "up_mbps_median": 2.0,
+         "up_sigma": 0.0, "rtt_ms": 50, "unmetered": False}]})  # fmt: skip
+    _, fb = backend(data, metered)
+    cellular = {c for c in data.client_ids if not fb.fleet.profile(c).unmetered}
+    assert cellular and not cellular & set(fb.available())
+
+
+def _raw(s):
+    import dataclasses
+
+    a = dataclasses.asdict(s.availability)
+    return {"name": s.name, "tier": [dataclasses.asdict(t) for t in s.tiers],
+            "network": [dataclasses.asdict(n) for n in s.networks], "availability": a}  # fmt: skip
+
+
+def test_a_device_that_leaves_mid_task_fails_at_that_time(data):
+    first_hour_only = [1.0] + [0.0] * 23  # every device unplugs at 01:00
+    model, fb = backend(data, spec(first_hour_only, gflops=1e-5), flops=1e6)  # 100 s an example
+    (task,) = tasks_for(model, [data.client_ids[0]])
+    (out,) = fb.train([task])
+    assert isinstance(out, Failure) and out.kind is FailureKind.DROPPED
+    assert "3600 s into the round" in out.reason
+    assert fb.now == pytest.approx(3600.0)
+    assert fb.round_metrics()["fleet_dropped"] == 1.0
+
+
+def test_the_clock_waits_for_devices_to_become_eligible(data):
+    nights = [0.0] * 22 + [1.0, 1.0]  # only 22:00-24:00
+    _, fb = backend(data, spec(nights), min_available=3)
+    assert len(fb.available()) == 12 and fb.now == pytest.approx(22 * 3600.0)
+
+
+def test_over_selection_commits_on_the_first_answers_and_a_deadline_drops_late_ones(data):
+    tiers = [{"name": "slow", "share": 0.5, "gflops_median": 1e-4, "gflops_sigma": 0.0, "memory_mb": 1,
+              "battery_wh": 10, "train_watts": 1},
+             {"name": "fast", "share": 0.5, "gflops_median": 1.0, "gflops_sigma": 0.0, "memory_mb": 1,
+              "battery_wh": 10, "train_watts": 1}]  # fmt: skip
+    model, fb = backend(data, spec(tiers=tiers), policy=RoundPolicy(commit_fraction=0.5))
+    outs = fb.train(tasks_for(model, data.client_ids))
+    kept = [o for o in outs if isinstance(o, TrainResult)]
+    assert len(kept) == 6 and {fb.fleet.profile(o.client_id).tier for o in kept} == {"fast"}
+    assert all("not needed" in o.reason for o in outs if isinstance(o, Failure))
+    model, fb = backend(data, spec(tiers=tiers), policy=RoundPolicy(deadline_s=60.0))
+    outs = fb.train(tasks_for(model, data.client_ids))
+    late = [o for o in outs if isinstance(o, Failure)]
+    assert late and all(o.kind is FailureKind.TIMEOUT and "late" in o.reason for o in late)
+    assert fb.now == pytest.approx(60.0)
+
+
+def test_a_fleet_run_resumes_on_the_uninterrupted_hash(tmp_path):
+    raw = {
+        "rounds": 4, "seed": 2, "backend": "inprocess", "fleet": "phones_test",
+        "data": {"dataset": "digits", "num_clients": 30},
+        "model": {"name": "mlp", "hidden": [8]},
+        "strategy": {"clients_per_round": 5, "over_selection": 0.4, "deadline_s": 600.0},
+        "trainer": {"lr": 0.2, "local_epochs": 1, "batch_size": 16},
+    }  # fmt: skip
+    fleet_file = tmp_path / "phones_test.toml"
+    fleet_file.write_text(_toml(_raw(spec([0.5] * 24))))
+    raw["fleet"] = str(fleet_file)
+    whole = experiment.run(config.from_dict(raw), tmp_path / "whole")
+    assert whole.records[-1]["virtual_hours"] > 0
+    half = config.from_dict({**raw, "rounds": 2})
+    experiment.run(half, tmp_path / "half")
+    (tmp_path / "half" / "config.toml").write_text((tmp_path / "whole" / "config.toml").read_text())
+    resumed = experiment.resume(tmp_path / "half")
+    assert resumed.model_hash == whole.model_hash
+    assert [r["virtual_hours"] for r in resumed.records] == [r["virtual_hours"] for r in whole.records]
+
+
+def _toml(raw):
+    import tomli_w
+
+    return tomli_w.dumps(raw)
+
+
+def test_a_fleet_refuses_what_it_cannot_model_yet():
+    with pytest.raises(ConfigError, match="straggler_fraction = 0"):
+        config.from_dict({"fleet": "phones", "strategy": {"straggler_fraction": 0.2}})
+    plain = {
+        "data": {"dataset": "digits", "num_clients": 4},
+        "strategy": {"clients_per_round": 2, "deadline_s": 5},
+    }
+    with pytest.raises(ConfigError, match="need a clock"):
+        experiment.build(config.from_dict(plain), None)
