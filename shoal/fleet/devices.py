@@ -146,16 +146,11 @@ class Fleet:
 
     def eligible(self, t: float) -> np.ndarray:
         """Which devices the policy lets train at ``t``: a mask over the population."""
-        a = self.spec.availability
         everyone = slice(None)
         k = self._stretch(everyone, t)
-        plugged = self._idle_and_charging(everyone, k)
-        ok = (plugged | (not a.require_charging)) & (plugged | (not a.require_idle))
-        if a.require_unmetered:
-            ok &= self._unmetered
-        if not a.require_charging:  # off the charger the battery must be above the floor
-            ok &= plugged | (self.battery(everyone, k) >= a.battery_floor)
-        return np.asarray(ok)
+        plugged = self._idle_and_charging(everyone, k)  # the trace: idle and charging together
+        policy = self.spec.availability.policy()
+        return np.asarray(policy.eligible(plugged, self._unmetered, plugged, self.battery(everyone, k)))
 
     def battery(self, i: np.ndarray | slice, k: np.ndarray) -> np.ndarray:
         """Charge at the start of a stretch off the charger (mains-powered devices: full)."""

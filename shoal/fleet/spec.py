@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ConfigError
+from shoal.fleet.policy import EligibilityPolicy
 
 DATA = Path(__file__).parent / "data"
 
@@ -62,6 +63,11 @@ class Availability:
     require_charging: bool = True
     require_unmetered: bool = True
     require_idle: bool = True
+
+    def policy(self) -> EligibilityPolicy:
+        return EligibilityPolicy(
+            self.require_charging, self.require_unmetered, self.require_idle, self.battery_floor
+        )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import ConfigError, WireFormatError
+from shoal.fleet.policy import EligibilityPolicy
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask, decode
 from shoal.net.auth import Authenticator, printable
 from shoal.net.proto import shoal_pb2 as pb
@@ -39,24 +40,7 @@ from shoal.runtime.backend import Backend
 log = logging.getLogger("shoal.server")
 
 
-@dataclass(frozen=True)
-class EligibilityPolicy:
-    """Which devices may be picked (the defaults of production keyboards: charging, on
-    unmetered Wi-Fi, idle) and how fresh their last heartbeat must be."""
-
-    require_charging: bool = True
-    require_unmetered: bool = True
-    require_idle: bool = True
-    min_battery: float = 0.0
-    heartbeat_timeout_s: float = 60.0
-
-    def eligible(self, state: pb.DeviceState) -> bool:
-        return (
-            (state.charging or not self.require_charging)
-            and (state.unmetered or not self.require_unmetered)
-            and (state.idle or not self.require_idle)
-            and state.battery >= self.min_battery
-        )
+DEFAULT_POLICY = EligibilityPolicy()
 
 
 @dataclass
@@ -105,7 +89,7 @@ class GrpcBackend(Backend):
         self,
         *,
         round_timeout_s: float = 60.0,
-        policy: EligibilityPolicy = EligibilityPolicy(),
+        policy: EligibilityPolicy = DEFAULT_POLICY,
         tokens: Mapping[str, str] | None = None,  # client id -> sha256 hex of its token
         expected_clients: Iterable[str] | None = None,  # None: any authenticated client
         # None: check claims and sizes, not the vectors, which transforms may have rewritten
@@ -148,7 +132,8 @@ class GrpcBackend(Backend):
             return sorted(
                 cid
                 for cid, d in self._devices.items()
-                if now - d.last_seen <= self.policy.heartbeat_timeout_s and self.policy.eligible(d.state)
+                if now - d.last_seen <= self.policy.heartbeat_timeout_s
+                and self.policy.eligible(d.state.charging, d.state.unmetered, d.state.idle, d.state.battery)
             )
 
     def wait_for_clients(self, count: int, timeout_s: float) -> list[str]:

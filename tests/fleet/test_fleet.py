@@ -165,3 +165,17 @@ def test_a_fleet_refuses_what_it_cannot_model_yet():
     }
     with pytest.raises(ConfigError, match="need a clock"):
         experiment.build(config.from_dict(plain), None)
+
+
+def test_one_eligibility_policy_serves_the_fleet_and_the_server(data):
+    from shoal.fleet.policy import EligibilityPolicy
+    from shoal.net import backend as net
+
+    assert net.EligibilityPolicy is EligibilityPolicy
+    raw = _raw(spec())
+    raw["network"][0]["unmetered"] = False
+    _, strict = backend(data, from_dict(raw))
+    assert strict.available() == [] or strict.now > 0  # nobody is on unmetered Wi-Fi
+    raw["availability"]["require_unmetered"] = False
+    _, relaxed = backend(data, from_dict(raw))
+    assert relaxed.available() == data.client_ids and relaxed.now == 0.0
