@@ -264,10 +264,12 @@ def fleet_backend(
     from shoal.fleet.cost import train_flops_per_example
     from shoal.fleet.devices import Fleet
     from shoal.fleet.spec import load_fleet
+    from shoal.strategy.fedbuff import FedBuff
 
     assert cfg.fleet is not None
     wanted = cfg.strategy.num_to_select(len(data))
     commit = over_select(strategy, wanted, cfg.strategy.over_selection)
+    buffer = strategy.buffer_size if isinstance(strategy, FedBuff) else None
     sample = next(c.train for c in data.clients.values() if len(c.train))
     return FleetBackend(
         inner,
@@ -275,8 +277,8 @@ def fleet_backend(
         data.sizes(),
         train_flops_per_example(model, sample),
         cfg.trainer,
-        RoundPolicy(cfg.strategy.deadline_s, commit),
-        min_available=math.ceil(wanted / commit),
+        RoundPolicy(cfg.strategy.deadline_s, commit, buffer),
+        min_available=1 if buffer else math.ceil(wanted / commit),
     )
 
 

@@ -27,6 +27,7 @@ class StrategyName(enum.StrEnum):
     FEDADAGRAD = "fedadagrad"  # adaptive server optimizers (Reddi et al. 2021)
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
+    FEDBUFF = "fedbuff"  # buffered asynchronous aggregation (Nguyen et al. 2022): needs a fleet
 
 
 class TransformName(enum.StrEnum):

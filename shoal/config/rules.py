@@ -31,6 +31,8 @@ def check(cfg: RunConfig) -> None:
     _check_client_algorithm(cfg)
     if cfg.fleet is not None:
         _check_fleet(cfg)
+    if cfg.strategy.name is StrategyName.FEDBUFF:
+        _check_fedbuff(cfg)
     if cfg.secagg.mode is not SecAggMode.NONE and cfg.he.enabled:
         raise ConfigError("choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])")
     if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
@@ -49,6 +51,23 @@ def _check_fleet(cfg: RunConfig) -> None:
             "with a fleet, slow devices come from their profiles: set strategy.straggler_fraction = 0 "
             "and use strategy.deadline_s (and over_selection) to decide what a late result costs"
         )
+
+
+def _check_fedbuff(cfg: RunConfig) -> None:
+    """FedBuff aggregates results in the order they arrive, which needs a clock; and what
+    is proved for synchronous cohorts is not claimed for it."""
+    if cfg.fleet is None:
+        raise ConfigError(
+            'strategy.name = "fedbuff" aggregates results as they arrive, on a clock: simulate '
+            'devices with fleet = "phones" (or your fleet file)'
+        )
+    if cfg.privacy.mode is not PrivacyMode.NONE:
+        raise ConfigError(
+            "fedbuff with differential privacy: the accountants here compose synchronous "
+            "rounds of sampled cohorts, not asynchronous participation; use fedavg"
+        )
+    if cfg.strategy.over_selection:
+        raise ConfigError("fedbuff keeps concurrency devices busy; over_selection is for synchronous rounds")
 
 
 def _check_client_algorithm(cfg: RunConfig) -> None:

@@ -152,6 +152,9 @@ class StrategyConfig:
     beta2: float = 0.99  # fedadam/fedyogi: second-moment decay
     tau: float = 1e-3  # fedadam/fedyogi/fedadagrad: adaptivity floor
     feddyn_alpha: float = 0.01  # feddyn: weight of the dynamic regularizer (the paper's alpha)
+    buffer_size: int = 10  # fedbuff: results per server step (K)
+    concurrency: int | None = None  # fedbuff: devices training at once (None: clients_per_round)
+    staleness_exponent: float = 0.5  # fedbuff: a result tau steps old weighs (1 + tau)^-a
     # What one client may claim. None: the largest client's training set in this config's
     # data (no honest client is refused); results above it are rejected, never clamped.
     max_num_examples: int | None = None
@@ -213,12 +216,22 @@ class StrategyConfig:
             drop_stragglers=self.drop_stragglers,
         )
         if isinstance(self.name, Ref):
-            own = ("feddyn_alpha", "proximal_mu", "server_lr", "server_momentum", "beta1", "beta2", "tau")
+            own = ["feddyn_alpha", "proximal_mu", "server_lr", "server_momentum", "beta1", "beta2", "tau"]
+            own += ["buffer_size", "concurrency", "staleness_exponent"]
             offered = {**common, **{k: getattr(self, k) for k in own}}  # it takes those it declares
             made: Strategy = apps.build("strategy.name", self.name, Strategy, offered)
             return made
         if self.name is StrategyName.FEDDYN:
             return FedDyn(alpha=self.feddyn_alpha, **common)
+        if self.name is StrategyName.FEDBUFF:
+            from shoal.strategy.fedbuff import FedBuff
+
+            return FedBuff(
+                buffer_size=self.buffer_size,
+                concurrency=self.concurrency,
+                staleness_exponent=self.staleness_exponent,
+                **common,
+            )
         kind = {StrategyName.SCAFFOLD: Scaffold, StrategyName.FEDNOVA: FedNova}.get(self.name, FedAvg)
         return kind(**common)
 
@@ -237,6 +250,7 @@ class StrategyConfig:
             StrategyName.FEDNOVA,
             StrategyName.SCAFFOLD,
             StrategyName.FEDDYN,
+            StrategyName.FEDBUFF,
         )
         user = isinstance(self.name, Ref)  # a user's strategy gets FedAvg's server step by default
         adaptive = not user and self.name not in (*plain, StrategyName.FEDAVGM)

@@ -23,7 +23,17 @@ import numpy as np
 
 from shoal.client.hparams import TorchTrainer
 from shoal.fleet.devices import DAY_S, Fleet
-from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask, encoded_size
+from shoal.messages import (
+    EvalResult,
+    EvalTask,
+    Failure,
+    FailureKind,
+    TrainResult,
+    TrainTask,
+    decode,
+    encode,
+    encoded_size,
+)
 from shoal.runtime.backend import Backend
 
 WAIT_HORIZON_S = DAY_S  # how long a round may wait for enough devices to become eligible
@@ -31,12 +41,24 @@ WAIT_HORIZON_S = DAY_S  # how long a round may wait for enough devices to become
 
 @dataclass(frozen=True)
 class RoundPolicy:
-    """When a synchronous round commits: ``deadline_s`` of virtual time after it starts
-    (None: when every picked device has answered or left), and on the first
-    ``commit_fraction`` of its tasks' results (over-selection picks more than it needs)."""
+    """When the server aggregates. ``buffer_size`` None: the barrier of synchronous FedAvg,
+    which commits on the first ``commit_fraction`` of a round's tasks (over-selection picks
+    more than it needs) or once every device has answered or left. ``buffer_size`` K:
+    FedBuff, which aggregates every K results, whenever they were sent. Either way a
+    result later than ``deadline_s`` after its task was sent is dropped."""
 
     deadline_s: float | None = None
     commit_fraction: float = 1.0
+    buffer_size: int | None = None
+
+
+@dataclass
+class _Pending:
+    """A task's outcome, already known, and when it reaches the server (virtual time)."""
+
+    outcome: TrainResult | Failure
+    sent: float
+    told: float
 
 
 def examples_processed(trainer: TorchTrainer, task: TrainTask, num_examples: int) -> int:
@@ -63,14 +85,17 @@ class FleetBackend(Backend):
         self.min_available = min_available
         self.now = 0.0  # virtual seconds since the run began (local midnight at UTC+0)
         self.tasks_today: dict[str, tuple[int, int]] = {}  # device -> (its local day, tasks begun)
+        self.pending: list[_Pending] = []  # FedBuff: sent, not yet arrived
         self._metrics: dict[str, float] = {}
+        self._energy, self._late, self._not_needed = 0.0, 0, 0
 
     # -- who may be picked -----------------------------------------------------------------
     def _eligible_now(self) -> list[str]:
         mask = self.fleet.eligible(self.now)
         cap = self.fleet.spec.availability.max_tasks_per_day
+        busy = {e.outcome.client_id for e in self.pending}
         ids = [self.fleet.ids[i] for i in np.flatnonzero(mask)]
-        return [c for c in ids if self._tasks_on(c) < cap]
+        return [c for c in ids if self._tasks_on(c) < cap and c not in busy]
 
     def _tasks_on(self, client_id: str) -> int:
         day, count = self.tasks_today.get(client_id, (None, 0))
@@ -93,65 +118,107 @@ class FleetBackend(Backend):
         return ids
 
     # -- a round ---------------------------------------------------------------------------
-    def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
+    def _launch(self, tasks: Sequence[TrainTask]) -> list[_Pending]:
+        """Send ``tasks`` now: each device downloads, trains, uploads or leaves first. The
+        outcome is computed at once (a device's result depends only on its task); when the
+        server learns it is the virtual time it takes."""
         start = self.now
-        outcomes: list[TrainResult | Failure | None] = [None] * len(tasks)
-        told: dict[int, float] = {}  # when the server learns each outcome
-        leaves: dict[int, float] = {}
-        to_train: list[int] = []
-        energy = 0.0
+        pending: list[_Pending | None] = [None] * len(tasks)
+        to_train: list[tuple[int, float, float]] = []  # (n, trained at, leaves at)
         for n, task in enumerate(tasks):
             cid = task.client_id
             p = self.fleet.profile(cid)
             self.tasks_today[cid] = (self.fleet.local_day(cid, start), self._tasks_on(cid) + 1)
             flops = self.flops * examples_processed(self.trainer, task, self.sizes.get(cid, 0))
-            leaves[n] = self.fleet.online_until(cid, start)
+            leaves = self.fleet.online_until(cid, start)
             began = start + p.transfer_s(encoded_size(task), up=False)
             trained = began + p.compute_s(flops)
-            energy += p.train_watts * max(min(trained, leaves[n]) - began, 0.0) / 3600.0
-            if trained > leaves[n]:  # gone before its upload could start: no need to train it
-                outcomes[n], told[n] = _left(task, leaves[n] - start), leaves[n]
+            self._energy += p.train_watts * max(min(trained, leaves) - began, 0.0) / 3600.0
+            if trained > leaves:  # gone before its upload could start: no need to train it
+                pending[n] = _Pending(_left(task, leaves - start), start, leaves)
             else:
-                told[n] = trained
-                to_train.append(n)
-        for n, out in zip(to_train, self.inner.train([tasks[n] for n in to_train]), strict=True):
-            outcomes[n] = out
+                to_train.append((n, trained, leaves))
+        outs = self.inner.train([tasks[n] for n, _, _ in to_train])
+        for (n, trained, leaves), out in zip(to_train, outs, strict=True):
+            told = trained
             if isinstance(out, TrainResult):
-                told[n] += self.fleet.profile(out.client_id).transfer_s(encoded_size(out), up=True)
-                if told[n] > leaves[n]:
-                    outcomes[n], told[n] = _left(tasks[n], leaves[n] - start), leaves[n]
-        deadline = start + self.policy.deadline_s if self.policy.deadline_s is not None else math.inf
-        wanted = math.ceil(self.policy.commit_fraction * len(tasks))
-        arrived = sorted((told[n], n) for n, o in enumerate(outcomes) if isinstance(o, TrainResult))
-        on_time = [n for at, n in arrived if at <= deadline]
-        late = not_needed = 0
-        for n in [n for _, n in arrived if n not in on_time[:wanted]]:
-            task = tasks[n]
-            if told[n] > deadline:
-                late += 1
-                why = f"late: {told[n] - start:.0f} s into a round with a {deadline - start:g} s deadline"
-            else:
-                not_needed += 1
-                why = "not needed: enough devices answered first (over-selection)"
-            outcomes[n] = Failure(task.round, task.client_id, FailureKind.TIMEOUT, why)
-        if wanted and len(on_time) >= wanted:  # commits on the wanted-th answer
-            self.now = told[on_time[wanted - 1]]
-        else:  # waits for every picked device to answer or leave, or for the deadline
-            self.now = min(deadline, max(told.values(), default=start))
-        done = [o.client_id for o in outcomes if isinstance(o, TrainResult)]
+                told += self.fleet.profile(out.client_id).transfer_s(encoded_size(out), up=True)
+                if told > leaves:
+                    out, told = _left(tasks[n], leaves - start), leaves
+            pending[n] = _Pending(out, start, told)
+        for entry in pending:
+            assert entry is not None
+            self._apply_deadline(entry)
+        return [e for e in pending if e is not None]
+
+    def _apply_deadline(self, entry: _Pending) -> None:
+        """The server stops waiting ``deadline_s`` after a task was sent: a later result is
+        dropped as late, and a device that left after that is given up at the deadline."""
+        limit = self.policy.deadline_s
+        if limit is None or entry.told - entry.sent <= limit:
+            return
+        o = entry.outcome
+        if isinstance(o, TrainResult):
+            why = f"late: {entry.told - entry.sent:.0f} s after it was sent, the deadline is {limit:g} s"
+            entry.outcome = Failure(o.round, o.client_id, FailureKind.TIMEOUT, why)
+            self._late += 1
+        entry.told = entry.sent + limit
+
+    def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
+        start = self.now
+        self._energy, self._late, self._not_needed = 0.0, 0, 0
+        if self.policy.buffer_size is None:
+            outcomes = self._barrier(self._launch(tasks))
+        else:
+            outcomes = self._buffer(self._launch(tasks))
         self._metrics = {
             "virtual_hours": self.now / 3600.0,
             "round_virtual_s": self.now - start,
             "fleet_dropped": float(sum(_dropped(o) for o in outcomes)),
-            "fleet_late": float(late),
-            "fleet_not_needed": float(not_needed),
-            "energy_wh": energy,
+            "fleet_late": float(self._late),
+            "fleet_not_needed": float(self._not_needed),
+            "energy_wh": self._energy,
             **{f"tier_{t.name}_completed": 0.0 for t in self.fleet.spec.tiers},
         }
-        for cid in done:
-            self._metrics[f"tier_{self.fleet.profile(cid).tier}_completed"] += 1.0
-        assert all(o is not None for o in outcomes)
-        return [o for o in outcomes if o is not None]
+        if self.policy.buffer_size is not None:
+            self._metrics["in_flight"] = float(len(self.pending))
+        for o in outcomes:
+            if isinstance(o, TrainResult):
+                self._metrics[f"tier_{self.fleet.profile(o.client_id).tier}_completed"] += 1.0
+        return outcomes
+
+    def _barrier(self, launched: list[_Pending]) -> list[TrainResult | Failure]:
+        """Synchronous FedAvg: every task's outcome this round; commit on the first share
+        the round wants, or wait for every device to answer or leave (or the deadline)."""
+        wanted = math.ceil(self.policy.commit_fraction * len(launched))
+        arrived = sorted((e.told, n) for n, e in enumerate(launched) if isinstance(e.outcome, TrainResult))
+        for _, n in arrived[wanted:]:
+            o = launched[n].outcome
+            why = "not needed: enough devices answered first (over-selection)"
+            launched[n].outcome = Failure(o.round, o.client_id, FailureKind.TIMEOUT, why)
+            self._not_needed += 1
+        if wanted and len(arrived) >= wanted:  # commits on the wanted-th answer
+            self.now = arrived[wanted - 1][0]
+        else:  # waited for every picked device to answer, leave or miss the deadline
+            self.now = max((e.told for e in launched), default=self.now)
+        return [e.outcome for e in launched]
+
+    def _buffer(self, launched: list[_Pending]) -> list[TrainResult | Failure]:
+        """FedBuff (Nguyen et al. 2022): outcomes in the order they reach the server, until
+        ``buffer_size`` results are in; the rest stay in flight into later rounds."""
+        self.pending.extend(launched)
+        self.pending.sort(key=lambda e: e.told)  # stable: ties keep the order tasks were sent
+        out: list[TrainResult | Failure] = []
+        results = 0
+        while self.pending and results < (self.policy.buffer_size or 0):
+            entry = self.pending.pop(0)
+            self.now = max(self.now, entry.told)
+            out.append(entry.outcome)
+            results += isinstance(entry.outcome, TrainResult)
+        return out
+
+    def in_flight(self) -> dict[str, int]:
+        return {e.outcome.client_id: e.outcome.round for e in self.pending}
 
     def round_metrics(self) -> dict[str, float]:
         return dict(self._metrics)
@@ -168,7 +235,13 @@ class FleetBackend(Backend):
 
     def state_dict(self) -> dict[str, Any]:
         state = dict(self.inner.state_dict())
-        state["fleet"] = {"now": self.now, "tasks_today": {c: list(v) for c, v in self.tasks_today.items()}}
+        state["fleet"] = {
+            "now": self.now,
+            "tasks_today": {c: list(v) for c, v in self.tasks_today.items()},
+            # in flight: each outcome in shoal's wire format, with its times
+            "pending": [np.frombuffer(encode(e.outcome), dtype=np.uint8) for e in self.pending],
+            "pending_times": [[e.sent, e.told] for e in self.pending],
+        }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -176,6 +249,11 @@ class FleetBackend(Backend):
         own = state.pop("fleet", {})
         self.now = float(own.get("now", 0.0))
         self.tasks_today = {c: (int(v[0]), int(v[1])) for c, v in own.get("tasks_today", {}).items()}
+        self.pending = []
+        for raw, (sent, told) in zip(own.get("pending", []), own.get("pending_times", []), strict=True):
+            outcome = decode(np.asarray(raw, dtype=np.uint8).tobytes())
+            assert isinstance(outcome, TrainResult | Failure)
+            self.pending.append(_Pending(outcome, float(sent), float(told)))
         self.inner.load_state_dict(state)
 
 

@@ -41,6 +41,11 @@ class Backend(abc.ABC):
         """The round counted these clients' results: keep their new client states (and
         only theirs) from the last :meth:`train`."""
 
+    def in_flight(self) -> dict[str, int]:
+        """Tasks sent in earlier rounds whose outcome :meth:`train` has not returned yet
+        (asynchronous rounds): client id -> the round of its task. {} by default."""
+        return {}
+
     def round_metrics(self) -> dict[str, float]:
         """What the last :meth:`train` measured for the round's record (a fleet's virtual
         time, energy, participation by tier); {} by default."""

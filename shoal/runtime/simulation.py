@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -139,15 +139,17 @@ class Simulation:
     def _collect(
         self,
         tasks: Sequence[TrainTask],
+        carried: Mapping[str, int],
         outcomes: Sequence[TrainResult | Failure],
         ctx: RoundContext,
         tctx: TransformContext,
         record: Record,
         client_metrics: dict[str, float],
     ) -> tuple[list[TrainResult], list[Failure], set[str]]:
-        """Keep results that answer a task of this round, claim no more than a client may,
-        and decode to usable vectors. Returns them, the failures, and the clients counted."""
-        expected = {t.client_id for t in tasks}
+        """Keep results that answer a task of this round (or one still out from an earlier
+        round: ``carried``), claim no more than a client may, and decode to usable vectors.
+        Returns them, the failures, and the clients counted."""
+        expected = {**carried, **{t.client_id: t.round for t in tasks}}
         results: list[TrainResult] = []
         failures = [o for o in outcomes if isinstance(o, Failure)]
         record["bytes_up"] = 0
@@ -159,10 +161,10 @@ class Simulation:
             except ValueError as exc:
                 failures.append(_rejected(o, f"result cannot be encoded: {exc}"))
                 continue
-            if o.round != ctx.round or o.client_id not in expected:
+            if expected.get(o.client_id) != o.round:
                 failures.append(_rejected(o, "result for no task of this round"))
                 continue
-            expected.discard(o.client_id)  # a second answer from one client is refused
+            del expected[o.client_id]  # a second answer from one client is refused
             if reason := check_claims(o, self.limits):
                 failures.append(_rejected(o, reason))
             else:
@@ -215,9 +217,12 @@ class Simulation:
         except RoundAbortedError as exc:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
+        carried = self.backend.in_flight()  # asynchronous rounds: sent earlier, still out
         outcomes = self.backend.train(tasks)
         record.update(self.backend.round_metrics())
-        results, failures, counted = self._collect(tasks, outcomes, ctx, tctx, record, client_metrics)
+        results, failures, counted = self._collect(
+            tasks, carried, outcomes, ctx, tctx, record, client_metrics
+        )
         record.update(
             clients_selected=len(tasks),
             clients_completed=clients_in(results),

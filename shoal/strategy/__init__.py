@@ -3,6 +3,7 @@
 from shoal.strategy.aggregators import Aggregator, mean, weighted_mean
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.strategy.fedavg import FedAvg
+from shoal.strategy.fedbuff import FedBuff
 from shoal.strategy.feddyn import FedDyn
 from shoal.strategy.fednova import FedNova
 from shoal.strategy.fedprox import FedProxClient
@@ -20,6 +21,7 @@ __all__ = [
     "AdaptiveRule",
     "Aggregator",
     "FedAvg",
+    "FedBuff",
     "FedDyn",
     "FedNova",
     "FedProxClient",

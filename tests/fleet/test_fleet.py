@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 
 import shoal
@@ -179,3 +180,63 @@ def test_one_eligibility_policy_serves_the_fleet_and_the_server(data):
     raw["availability"]["require_unmetered"] = False
     _, relaxed = backend(data, from_dict(raw))
     assert relaxed.available() == data.client_ids and relaxed.now == 0.0
+
+
+def _fleet_config(tmp_path, fleet_hours, **strategy):
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_text(_toml(_raw(spec(fleet_hours))))
+    return {
+        "rounds": 4, "seed": 3, "backend": "inprocess", "fleet": str(fleet_file),
+        "data": {"dataset": "digits", "num_clients": 24},
+        "model": {"name": "mlp", "hidden": [8]},
+        "strategy": {"clients_per_round": 6, **strategy},
+        "trainer": {"lr": 0.2, "local_epochs": 1, "batch_size": 16},
+    }  # fmt: skip
+
+
+def test_fedbuff_with_a_full_buffer_and_nothing_in_flight_is_fedavg(tmp_path):
+    sync = experiment.run(config.from_dict(_fleet_config(tmp_path, None)), tmp_path / "sync")
+    buffered = _fleet_config(tmp_path, None, name="fedbuff", buffer_size=6, concurrency=6)
+    asynchronous = experiment.run(config.from_dict(buffered), tmp_path / "async")
+    assert asynchronous.model_hash == sync.model_hash
+    assert [r["virtual_hours"] for r in asynchronous.records] == [r["virtual_hours"] for r in sync.records]
+
+
+def test_fedbuff_weights_stale_results_down_and_keeps_devices_busy(tmp_path):
+    buffered = _fleet_config(tmp_path, [0.7] * 24, name="fedbuff", buffer_size=2, concurrency=6)
+    history = experiment.run(config.from_dict(buffered), tmp_path / "async")
+    in_flight = [r["in_flight"] for r in history.records]
+    assert all(n >= 2 for n in in_flight)  # devices still training while the server steps
+    assert all(r["clients_completed"] <= 2 for r in history.records)
+    hours = [r["virtual_hours"] for r in history.records]
+    assert hours == sorted(hours) and hours[-1] > 0
+
+
+def test_fedbuffs_staleness_rule():
+    from shoal.strategy.base import RoundContext
+    from shoal.strategy.fedbuff import FedBuff
+
+    fb = FedBuff(clients_per_round=2, buffer_size=2, staleness_exponent=0.5)
+    fresh = TrainResult(5, "a", 10, {"delta": np.ones(3, np.float32)})
+    stale = TrainResult(2, "b", 10, {"delta": -np.ones(3, np.float32)})  # 3 steps old: weight 1/2
+    new = fb.aggregate_train(RoundContext(5, 0), np.zeros(3, np.float32), [fresh, stale], [])
+    np.testing.assert_allclose(new, (10 * 1 + 10 * 0.5 * -1) / 20, rtol=1e-6)
+
+
+def test_an_asynchronous_run_resumes_on_the_uninterrupted_hash(tmp_path):
+    raw = _fleet_config(tmp_path, [0.6] * 24, name="fedbuff", buffer_size=2, concurrency=5)
+    raw["rounds"] = 6
+    whole = experiment.run(config.from_dict(raw), tmp_path / "whole")
+    experiment.run(config.from_dict({**raw, "rounds": 3}), tmp_path / "half")
+    (tmp_path / "half" / "config.toml").write_text((tmp_path / "whole" / "config.toml").read_text())
+    resumed = experiment.resume(tmp_path / "half")
+    assert resumed.model_hash == whole.model_hash
+    assert [r["in_flight"] for r in resumed.records] == [r["in_flight"] for r in whole.records]
+
+
+def test_fedbuff_needs_a_clock_and_refuses_what_it_cannot_claim():
+    with pytest.raises(ConfigError, match="on a clock"):
+        config.from_dict({"strategy": {"name": "fedbuff"}})
+    with pytest.raises(ConfigError, match="asynchronous participation"):
+        config.from_dict({"fleet": "phones", "strategy": {"name": "fedbuff"},
+                          "privacy": {"mode": "central", "noise_multiplier": 1.0}})  # fmt: skip
