@@ -16,7 +16,7 @@ from shoal import config as cfgmod
 from shoal.apps import Ref, label
 from shoal.client.app import AppBuilder, ClientApp
 from shoal.client.hparams import TorchTrainer
-from shoal.config import DatasetName, RunConfig, TransformName
+from shoal.config import DatasetName, RunConfig, StrategyName, TransformName
 from shoal.config.names import BackendName, ModelName
 from shoal.data.datasets import ClientData, FederatedDataset, LabeledData, ServerData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
@@ -325,6 +325,11 @@ def build(
         backend = make_backend(cfg, model, data, transforms, cfg.strategy.num_to_select(len(data)))
         if cfg.fleet is not None:
             backend = fleet_backend(cfg, model, data, backend, strategy)
+        elif cfg.strategy.name is StrategyName.FEDBUFF:
+            raise ConfigError(
+                'strategy.name = "fedbuff" aggregates results as they arrive, on a clock: simulate '
+                'devices with fleet = "phones" (or your fleet file), or serve it with shoal server'
+            )
         elif cfg.strategy.over_selection or cfg.strategy.deadline_s is not None:
             raise ConfigError(
                 "strategy.over_selection and deadline_s need a clock: simulate devices with "

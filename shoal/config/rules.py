@@ -56,11 +56,8 @@ def _check_fleet(cfg: RunConfig) -> None:
 def _check_fedbuff(cfg: RunConfig) -> None:
     """FedBuff aggregates results in the order they arrive, which needs a clock; and what
     is proved for synchronous cohorts is not claimed for it."""
-    if cfg.fleet is None:
-        raise ConfigError(
-            'strategy.name = "fedbuff" aggregates results as they arrive, on a clock: simulate '
-            'devices with fleet = "phones" (or your fleet file)'
-        )
+    if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
+        raise ConfigError("fedbuff aggregates results as they come; secure aggregation needs a fixed cohort")
     if cfg.privacy.mode is not PrivacyMode.NONE:
         raise ConfigError(
             "fedbuff with differential privacy: the accountants here compose synchronous "

@@ -58,6 +58,8 @@ class Pending:
     sent: bool = False
     receiving: bool = False  # an upload for it is under way: a second one is refused
     outcome: TrainResult | EvalResult | Failure | bytes | None = None
+    parked: float = 0.0  # time.monotonic() when the task was handed to the device's queue
+    arrived: float = 0.0  # ... and when its outcome came
 
     @property
     def kind(self) -> str:
@@ -99,6 +101,7 @@ class GrpcBackend(Backend):
         run_id: str = "",
         registry: Registry | None = None,
         commit_fraction: float = 1.0,  # a round returns once this share of its tasks answered
+        buffer_size: int | None = None,  # FedBuff: a round returns the next K results, whenever sent
         call_timeout_s: float | None = None,  # the server's deadline on any one call (default: a round's)
         calls_per_peer: int = 4,
     ) -> None:
@@ -108,7 +111,7 @@ class GrpcBackend(Backend):
             raise ConfigError(f"round_timeout_s must be > 0, got {round_timeout_s}")
         enrolled = frozenset(expected_clients) if expected_clients is not None else None
         self.auth = Authenticator(dict(tokens) if tokens is not None else None, enrolled)
-        self.registry, self.commit_fraction = registry, commit_fraction
+        self.registry, self.commit_fraction, self.buffer_size = registry, commit_fraction, buffer_size
         self.round_timeout_s, self.policy = round_timeout_s, policy
         self.rules = rules or UploadRules(check_payload=False)
         self.call_timeout_s = call_timeout_s if call_timeout_s is not None else max(round_timeout_s, 5.0)
@@ -132,7 +135,8 @@ class GrpcBackend(Backend):
             return sorted(
                 cid
                 for cid, d in self._devices.items()
-                if now - d.last_seen <= self.policy.heartbeat_timeout_s
+                if cid not in self._pending  # still busy with an earlier task (FedBuff)
+                and now - d.last_seen <= self.policy.heartbeat_timeout_s
                 and self.policy.eligible(d.state.charging, d.state.unmetered, d.state.idle, d.state.battery)
             )
 
@@ -205,7 +209,50 @@ class GrpcBackend(Backend):
             return p.outcome if isinstance(p.outcome, bytes) else None
 
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
-        return self._dispatch(tasks)
+        if self.buffer_size is None:
+            return self._dispatch(tasks)
+        return self._buffer(tasks, self.buffer_size)
+
+    def _buffer(self, tasks: Sequence[TrainTask], k: int) -> list[TrainResult | Failure]:
+        """FedBuff on the wall clock: park ``tasks`` beside those still out from earlier
+        rounds and return outcomes in the order they came, up to the ``k``-th result; a
+        task unanswered ``round_timeout_s`` after it was parked times out."""
+        with self._cond:
+            now = time.monotonic()
+            for t in tasks:
+                self._pending[t.client_id] = Pending(t, self._limit(t), parked=now)
+            self._cond.notify_all()
+            self._wake([t.client_id for t in tasks])
+            while True:
+                now = time.monotonic()
+                training = [(c, p) for c, p in self._pending.items() if isinstance(p.task, TrainTask)]
+                for c, p in training:
+                    if p.outcome is None and now - p.parked > self.round_timeout_s:
+                        why = ("never fetched its task" if not p.sent else "did not answer") + (
+                            f" in {self.round_timeout_s:g} s"
+                        )
+                        assert isinstance(p.task, TrainTask)
+                        p.outcome, p.arrived = Failure(p.task.round, c, FailureKind.TIMEOUT, why), now
+                came = sum(isinstance(p.outcome, TrainResult) for _, p in training)
+                if self._closed or came >= k or all(p.outcome is not None for _, p in training):
+                    break
+                self._cond.wait(timeout=0.5)
+            out: list[TrainResult | Failure] = []
+            results = 0
+            for c, p in sorted(
+                ((c, p) for c, p in training if p.outcome is not None), key=lambda cp: cp[1].arrived
+            ):
+                if results >= k:
+                    break  # the rest wait for the next step, in the order they came
+                assert isinstance(p.outcome, TrainResult | Failure)
+                out.append(p.outcome)
+                results += isinstance(p.outcome, TrainResult)
+                del self._pending[c]
+            return out
+
+    def in_flight(self) -> dict[str, int]:
+        with self._cond:
+            return {c: p.task.round for c, p in self._pending.items() if isinstance(p.task, TrainTask)}
 
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
         return self._dispatch(tasks)
@@ -324,7 +371,7 @@ class GrpcBackend(Backend):
         with self._cond:
             if self._pending.get(client_id) is not p:
                 return pb.PutReply(accepted=False, reason="the round ended before the upload was complete")
-            p.outcome = outcome
+            p.outcome, p.arrived = outcome, time.monotonic()
             if client_id in self._devices:
                 self._devices[client_id].last_seen = time.monotonic()
             self._cond.notify_all()

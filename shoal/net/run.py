@@ -34,6 +34,7 @@ from shoal.runtime import History
 from shoal.runtime.simulation import Callback
 from shoal.secagg import SecureAggregation
 from shoal.strategy.base import Strategy
+from shoal.strategy.fedbuff import FedBuff
 from shoal.transforms.base import UpdateTransform
 
 log = logging.getLogger("shoal.server")
@@ -89,6 +90,7 @@ def serve(
     spec = ParamSpec.from_module(model())
     wanted = _cohort(cfg, data, min_clients)
     commit_fraction = experiment.over_select(strategy, wanted, cfg.strategy.over_selection)
+    buffer = strategy.buffer_size if isinstance(strategy, FedBuff) else None  # asynchronous rounds
     if cfg.strategy.deadline_s is not None:  # the config's deadline is the round's, in wall time
         round_timeout_s = cfg.strategy.deadline_s
     rules = upload_rules(cfg, strategy, transforms, sizes, spec.num_params)
@@ -103,6 +105,7 @@ def serve(
         tokens=tokens,
         registry=registry,
         commit_fraction=commit_fraction,
+        buffer_size=buffer,
     )
     for t in transforms:  # secure aggregation reaches the devices through the backend
         if isinstance(t, SecureAggregation):

@@ -7,6 +7,7 @@ comes back, evaluation, metrics, checkpoints and resume.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -208,6 +209,8 @@ class Simulation:
         return None
 
     def _train(self, ctx: RoundContext, record: Record, client_metrics: dict[str, float]) -> None:
+        carried = self.backend.in_flight()  # asynchronous rounds: sent earlier, still out
+        ctx = dataclasses.replace(ctx, in_flight=carried)
         try:
             available = self.available()
             tasks = self.strategy.configure_train(ctx, self.params, available)
@@ -217,7 +220,6 @@ class Simulation:
         except RoundAbortedError as exc:
             record.update(aborted=True, abort_reason=str(exc), clients_selected=0)
             return
-        carried = self.backend.in_flight()  # asynchronous rounds: sent earlier, still out
         outcomes = self.backend.train(tasks)
         record.update(self.backend.round_metrics())
         results, failures, counted = self._collect(

@@ -15,8 +15,8 @@ not count, taken out before the server transforms see the cohort) and the state 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,6 +37,9 @@ class RoundContext:
     round: int
     run_seed: int
     secret_selection: bool = False
+    # asynchronous rounds: devices still training a task sent in an earlier round
+    # (client id -> that round), as the backend reports them
+    in_flight: Mapping[str, int] = field(default_factory=dict)
 
     def rng(self, stream: Stream = Stream.SELECTION) -> np.random.Generator:
         if self.secret_selection and stream is Stream.SELECTION:

@@ -5,13 +5,14 @@ back, the server aggregates them and moves on, and each freed device slot goes t
 device with the newest model. A result trained on a model ``tau`` server steps old is
 weighted down by ``(1 + tau) ** -staleness_exponent`` (the paper's polynomial rule, 0.5).
 
-One server step is one round of shoal's loop: ``configure_train`` fills the free slots,
-the backend returns the next ``buffer_size`` outcomes in the order they reach the server
-(whichever round sent them), and ``aggregate_train`` folds the results as FedAvg does,
+One server step is one round of shoal's loop: ``configure_train`` fills the slots the
+backend's devices still in flight leave free (``ctx.in_flight``), the backend returns the
+next ``buffer_size`` outcomes in the order they reach the server (whichever round sent
+them), and ``aggregate_train`` folds the results as FedAvg does,
 with example counts times staleness weights over the example counts, so fresh results
 alone give FedAvg's step to the bit: with ``buffer_size`` = ``concurrency`` and nothing
-in flight, FedBuff is synchronous FedAvg. The arrival order depends on a clock, so it
-runs on a fleet (virtual time).
+in flight, FedBuff is synchronous FedAvg. The arrival order depends on a clock: it runs
+on a fleet (virtual time) or on ``shoal server`` (wall time).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class FedBuff(FedAvg):
     buffer_size: int = 10  # K: results per server step
     concurrency: int | None = None  # devices training at once; None: clients_per_round
     staleness_exponent: float = 0.5  # weight (1 + tau)^-a; 0: staleness ignored
-    # client id -> (round its task was sent in, order sent): the devices still training
-    _in_flight: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
+    # client id -> (round its task was sent in, order sent): aggregates in the order sent
+    _order: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
     _sent: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,8 +60,10 @@ class FedBuff(FedAvg):
         self, ctx: RoundContext, params: np.ndarray, available: Sequence[str]
     ) -> list[TrainTask]:
         """Fill the free slots from the idle devices, drawn as FedAvg draws its cohort."""
-        idle = [c for c in available if c not in self._in_flight]
-        size = min(self.slots - len(self._in_flight), len(idle))
+        busy = ctx.in_flight
+        self._order = {c: v for c, v in self._order.items() if c in busy}  # lost work (a restart) goes
+        idle = [c for c in available if c not in busy]
+        size = min(self.slots - len(busy), len(idle))
         if size <= 0:
             return []
         picked = np.sort(ctx.rng().choice(len(idle), size=size, replace=False))
@@ -69,7 +72,7 @@ class FedBuff(FedAvg):
             for i in picked
         ]
         for t in tasks:
-            self._in_flight[t.client_id] = (t.round, self._sent)
+            self._order[t.client_id] = (t.round, self._sent)
             self._sent += 1
         return tasks
 
@@ -81,7 +84,7 @@ class FedBuff(FedAvg):
         failures: Sequence[Failure],
     ) -> np.ndarray:
         outcomes: list[TrainResult | Failure] = [*results, *failures]
-        sent = {o.client_id: self._in_flight.pop(o.client_id, (o.round, 0)) for o in outcomes}
+        sent = {o.client_id: self._order.pop(o.client_id, (o.round, 0)) for o in outcomes}
         kept = sorted(self.accepted(ctx, results, failures), key=lambda r: sent[r.client_id])
         n = np.array([r.num_examples for r in kept], dtype=np.float64)
         stale = np.array([ctx.round - r.round for r in kept], dtype=np.float64)
@@ -95,11 +98,11 @@ class FedBuff(FedAvg):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "in_flight": {c: list(v) for c, v in self._in_flight.items()},
+            "order": {c: list(v) for c, v in self._order.items()},
             "sent": self._sent,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._in_flight = {c: (int(v[0]), int(v[1])) for c, v in state.get("in_flight", {}).items()}
+        self._order = {c: (int(v[0]), int(v[1])) for c, v in state.get("order", {}).items()}
         self._sent = int(state.get("sent", 0))
