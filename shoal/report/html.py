@@ -10,7 +10,7 @@ from typing import Any
 from shoal.config import load
 from shoal.errors import ConfigError
 from shoal.report.config_view import config_text
-from shoal.report.plots import figures, other_figures, series, to_svg
+from shoal.report.plots import figures, fleet_figures, other_figures, series, to_svg
 from shoal.runtime.history import Record, load_history
 
 _CSS = """
@@ -90,6 +90,26 @@ def _others_section(plots: list[str]) -> str:
     return f'<h2>Other metrics</h2>{note}<div class="plots">{"".join(f"<div>{p}</div>" for p in plots)}</div>'
 
 
+def _fleet_section(records: list[Record], config_path: Path) -> str:
+    shares = None
+    try:  # the tiers' shares of the fleet, if this run's fleet file still loads here
+        from shoal.fleet import load_fleet
+
+        fleet = load(config_path).fleet if config_path.is_file() else None
+        shares = {t.name: t.share for t in load_fleet(fleet).tiers} if fleet else None
+    except ConfigError:
+        pass
+    plots = [to_svg(fig) for fig in fleet_figures(records, shares)]
+    if not plots:
+        return ""
+    last = records[-1]
+    note = (
+        f"<p>{last.get('virtual_hours', 0.0):.2f} virtual hours over {len(records)} rounds; "
+        f"{sum(r.get('energy_wh', 0.0) for r in records):.3g} Wh of training on the devices.</p>"
+    )
+    return f'<h2>Fleet</h2>{note}<div class="plots">{"".join(f"<div>{p}</div>" for p in plots)}</div>'
+
+
 def render(run_dir: str | Path) -> Path:
     """Write ``report.html`` into the run folder and return its path."""
     run_dir = Path(run_dir)
@@ -104,6 +124,7 @@ def render(run_dir: str | Path) -> Path:
 <h1>shoal run <code>{html.escape(run_dir.name)}</code></h1>
 <h2>Summary</h2>{_table(_summary(records, summary))}
 <h2>Curves</h2><div class="plots">{"".join(f"<div>{p}</div>" for p in plots)}</div>
+{_fleet_section(records, config_path)}
 {_others_section(others)}
 <h2>Configuration</h2>{_config_section(config_path, summary.get("backend"))}
 </body></html>

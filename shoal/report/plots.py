@@ -28,7 +28,11 @@ _CLIENTS = (("clients_completed", "completed"), ("clients_failed", "failed"))
 _PRIVACY = (("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", "local (worst client)"))
 # Round bookkeeping that is no measurement of the model or the clients.
 _BOOKKEEPING = frozenset({"round", "aborted", "clients_selected", "fed_eval_clients", "wall_time", "elapsed"})
-_PLOTTED = frozenset(k for keys in (_ACCURACY, _LOSS, _BYTES, _CLIENTS, _PRIVACY) for k, _ in keys)
+# A fleet's (shoal/fleet): what its rounds cost in time, devices and energy.
+_LOST = (("fleet_dropped", "left mid-task"), ("fleet_late", "late"), ("fleet_not_needed", "not needed"))
+_FLEET = frozenset({"virtual_hours", "round_virtual_s", "energy_wh", "in_flight", *(k for k, _ in _LOST)})
+_PLOTTED = frozenset(k for keys in (_ACCURACY, _LOSS, _BYTES, _CLIENTS, _PRIVACY) for k, _ in keys) | _FLEET
+TIER = ("tier_", "_completed")  # tier_<name>_completed: results from that tier this round
 
 
 def series(records: list[Record], key: str) -> tuple[list[int], list[float]]:
@@ -127,7 +131,59 @@ def other_keys(records: list[Record]) -> list[str]:
     found = {
         k for r in records for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return sorted(found - _PLOTTED - _BOOKKEEPING)
+    return sorted(k for k in found - _PLOTTED - _BOOKKEEPING if not _tier(k))
+
+
+def _tier(key: str) -> str | None:
+    return key[len(TIER[0]) : -len(TIER[1])] if key.startswith(TIER[0]) and key.endswith(TIER[1]) else None
+
+
+def fleet_figures(records: list[Record], tier_shares: dict[str, float] | None) -> list[Figure]:
+    """A fleet run's plots: accuracy against virtual time (time to accuracy), who got to
+    contribute by tier against the tiers' shares of the fleet (is the fast tier over-
+    represented?), results lost per round, and training energy per round."""
+    if not any("virtual_hours" in r for r in records):
+        return []
+    timed = Figure(figsize=(5.2, 3.4))
+    ax = timed.subplots()
+    for i, (key, label) in enumerate(_ACCURACY):
+        pts = [
+            (r["virtual_hours"], r[key]) for r in records if r.get(key) is not None and "virtual_hours" in r
+        ]
+        if pts:
+            colour, style, _ = _STYLES[i]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, linestyle=style, label=label)
+    ax.set_title("Accuracy over virtual time")
+    ax.set_xlabel("virtual hours")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    timed.tight_layout()
+    totals: dict[str, float] = {}
+    for r in records:
+        for k, v in r.items():
+            if (name := _tier(k)) is not None:
+                totals[name] = totals.get(name, 0.0) + float(v)
+    fair = Figure(figsize=(5.2, 3.4))
+    ax = fair.subplots()
+    names = list(tier_shares or totals)
+    done = sum(totals.values()) or 1.0
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [totals.get(n, 0.0) / done for n in names], width=0.4, label="results")
+    if tier_shares:
+        ax.bar([x + 0.2 for x in xs], [tier_shares[n] for n in names], width=0.4, label="fleet", color="C1")
+    ax.set_xticks(list(xs), names)
+    ax.set_title("Who contributes, by tier")
+    ax.set_ylabel("share")
+    ax.legend()
+    fair.tight_layout()
+    return [
+        timed,
+        fair,
+        figure(records, _LOST, "Results lost per round", "devices", from_zero=True, integer_y=True),
+        figure(records, (("energy_wh", "training"),), "Device energy per round", "Wh", from_zero=True),
+    ]
 
 
 def other_figures(records: list[Record]) -> list[Figure]:

@@ -242,3 +242,15 @@ def test_fedbuff_needs_a_clock_and_refuses_what_it_cannot_claim():
     with pytest.raises(ConfigError, match="asynchronous participation"):
         config.from_dict({"fleet": "phones", "strategy": {"name": "fedbuff"},
                           "privacy": {"mode": "central", "noise_multiplier": 1.0}})  # fmt: skip
+
+
+def test_a_fleet_runs_report_shows_time_to_accuracy_and_who_contributes(tmp_path):
+    from shoal.report import render
+
+    raw = _fleet_config(tmp_path, [0.6] * 24)
+    experiment.run(config.from_dict(raw), tmp_path / "run")
+    page = render(tmp_path / "run").read_text()
+    for title in ("<h2>Fleet</h2>", "Accuracy over virtual time", "Who contributes, by tier", "Results lost"):
+        assert title in page
+    other = page[page.index("<h2>Other metrics</h2>") :] if "<h2>Other metrics</h2>" in page else ""
+    assert "tier_only_completed" not in other and "virtual_hours" not in other  # shown above, not twice
