@@ -49,6 +49,10 @@ def load_data(cfg: RunConfig) -> FederatedDataset:
         return _partition(cfg, loaded)
     if d.dataset is DatasetName.SYNTHETIC:  # natural clients: the partition keys do not apply
         return synthetic(d.synthetic_alpha, d.synthetic_beta, d.num_clients, cfg.seed, d.synthetic_iid)
+    if d.dataset is DatasetName.SYNTHETIC_POPULATION:  # made lazily: a population of millions
+        from shoal.data.population import synthetic_population
+
+        return synthetic_population(d.num_clients, d.synthetic_alpha, d.synthetic_beta, cfg.seed)
     if d.dataset is DatasetName.SHAKESPEARE:  # natural clients too: num_clients keeps the largest roles
         return shakespeare(d.num_clients)
     central: LabeledData

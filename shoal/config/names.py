@@ -15,6 +15,8 @@ class DatasetName(enum.StrEnum):
     CSV = "csv"  # your own table: set path and label_column
     SYNTHETIC = "synthetic"  # FedProx's synthetic(alpha, beta): natural clients, no partition
     SHAKESPEARE = "shakespeare"  # As You Like It, one client per speaking role: next-char prediction
+    # synthetic(alpha, beta) with each device made from its own seed when used: millions of devices
+    SYNTHETIC_POPULATION = "synthetic-population"
 
 
 class StrategyName(enum.StrEnum):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -85,9 +85,11 @@ class FederatedDataset:
     description: Mapping[str, str | int | float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.clients:
+        if not len(self.clients):
             raise DataError(f"{self.name}: a federated dataset needs at least one client")
-        object.__setattr__(self, "clients", MappingProxyType(dict(self.clients)))
+        if isinstance(self.clients, dict):  # frozen; a Mapping of another kind (a lazily
+            # generated population, shoal.data.population) is kept as it is
+            object.__setattr__(self, "clients", MappingProxyType(dict(self.clients)))
         object.__setattr__(self, "description", MappingProxyType(dict(self.description)))
 
     def __len__(self) -> int:
@@ -100,10 +102,16 @@ class FederatedDataset:
         return self.clients[client_id]
 
     @property
-    def client_ids(self) -> list[str]:
-        return list(self.clients)
+    def client_ids(self) -> Sequence[str]:
+        ids = getattr(self.clients, "ids", None)  # a population lists its ids without storing them
+        return ids if isinstance(ids, Sequence) else list(self.clients)
 
-    def sizes(self) -> dict[str, int]:
+    def sizes(self) -> Mapping[str, int]:
+        """Each client's training-set size (a population reads them without making its data)."""
+        sizes = getattr(self.clients, "sizes", None)
+        if callable(sizes):
+            made: Mapping[str, int] = sizes()
+            return made
         return {cid: len(c.train) for cid, c in self.clients.items()}
 
 

@@ -15,7 +15,7 @@ so a lost device costs no real time either.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,22 @@ def examples_processed(trainer: TorchTrainer, task: TrainTask, num_examples: int
     return int(task.config.get("local_epochs", trainer.local_epochs)) * num_examples
 
 
+class Picked(Sequence[str]):
+    """Some of a population's ids, by index, without making a string for each."""
+
+    def __init__(self, ids: Sequence[str], where: np.ndarray) -> None:
+        self.ids, self.where = ids, where
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self.ids[int(self.where[i])]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.ids[int(k)] for k in self.where)
+
+
 class FleetBackend(Backend):
     def __init__(
         self,
@@ -80,7 +96,7 @@ class FleetBackend(Backend):
         policy: RoundPolicy = RoundPolicy(),
         min_available: int = 1,
     ) -> None:
-        self.inner, self.fleet, self.sizes = inner, fleet, dict(sizes)
+        self.inner, self.fleet, self.sizes = inner, fleet, sizes
         self.flops, self.trainer, self.policy = train_flops_per_example, trainer, policy
         self.min_available = min_available
         self.now = 0.0  # virtual seconds since the run began (local midnight at UTC+0)
@@ -90,18 +106,22 @@ class FleetBackend(Backend):
         self._energy, self._late, self._not_needed = 0.0, 0, 0
 
     # -- who may be picked -----------------------------------------------------------------
-    def _eligible_now(self) -> list[str]:
+    def _eligible_now(self) -> Picked:
+        """Eligible, under the daily cap and not busy: numpy over the population, then
+        Python only over the devices that trained lately or are in flight."""
         mask = self.fleet.eligible(self.now)
         cap = self.fleet.spec.availability.max_tasks_per_day
-        busy = {e.outcome.client_id for e in self.pending}
-        ids = [self.fleet.ids[i] for i in np.flatnonzero(mask)]
-        return [c for c in ids if self._tasks_on(c) < cap and c not in busy]
+        spent = [c for c in self.tasks_today if self._tasks_on(c) >= cap]
+        busy = [e.outcome.client_id for e in self.pending]
+        for c in [*spent, *busy]:
+            mask[self.fleet.index(c)] = False
+        return Picked(self.fleet.ids, np.flatnonzero(mask))
 
     def _tasks_on(self, client_id: str) -> int:
         day, count = self.tasks_today.get(client_id, (None, 0))
         return count if day == self.fleet.local_day(client_id, self.now) else 0
 
-    def available(self) -> list[str]:
+    def available(self) -> Sequence[str]:
         """The devices eligible now. If fewer than a round picks, the clock moves on a
         stretch at a time (the server waits for the night, when phones charge on Wi-Fi);
         after a day without enough, the round starts at the day's best moment."""

@@ -10,6 +10,7 @@ order in which devices are asked about.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shoal.data.population import IdRange
 from shoal.fleet.spec import FleetSpec
 
 DAY_S = 86_400.0
@@ -50,7 +52,13 @@ def _normal(keys: np.ndarray, salt_a: int, salt_b: int) -> np.ndarray:
 
 
 def device_keys(client_ids: Sequence[str], seed: int) -> np.ndarray:
-    """Each client id's 64-bit key under ``seed`` (BLAKE2b, so ids need no structure)."""
+    """Each client id's 64-bit key under ``seed``: BLAKE2b, so ids need no structure; for
+    a population's ids ``"0"`` .. ``"n-1"`` (:class:`~shoal.data.population.IdRange`), a
+    mix of the index, made for a million at once."""
+    if isinstance(client_ids, IdRange):
+        with np.errstate(over="ignore"):
+            base = _mix(np.array([seed], dtype=np.uint64) ^ np.uint64(0x5851F42D4C957F2D))
+            return _mix(np.arange(len(client_ids), dtype=np.uint64) ^ base)
     return np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(f"{seed}\x00{c}".encode(), digest_size=8).digest(), "little")
@@ -99,8 +107,9 @@ class Fleet:
     """The devices behind a population of client ids, and when each may train."""
 
     def __init__(self, spec: FleetSpec, client_ids: Sequence[str], seed: int) -> None:
-        self.spec, self.ids, self.seed = spec, list(client_ids), seed
-        self.index = {c: i for i, c in enumerate(self.ids)}
+        self.spec, self.seed = spec, seed
+        self.ids = client_ids if isinstance(client_ids, IdRange) else list(client_ids)
+        self._index = None if isinstance(self.ids, IdRange) else {c: i for i, c in enumerate(self.ids)}
         self.keys = device_keys(self.ids, seed)
         a = spec.availability
         self.stretch_s = a.session_minutes_median * 60.0
@@ -111,9 +120,17 @@ class Fleet:
         self.offset_s = np.asarray(a.timezones, dtype=np.float64)[zone] * 3600.0
         self._unmetered = np.array([n.unmetered for n in spec.networks])[self.network_of]
 
+    def index(self, client_id: str) -> int:
+        """Where ``client_id`` sits in the population."""
+        k = self.ids.position(client_id) if isinstance(self.ids, IdRange) else self._index.get(client_id)  # type: ignore[union-attr]
+        if k is None:
+            raise KeyError(f"{client_id!r} is not a device of this fleet")
+        return k
+
     # -- what a device is ------------------------------------------------------------------
+    @functools.lru_cache(maxsize=65_536)  # noqa: B019 (one fleet a run; bounded)
     def profile(self, client_id: str) -> DeviceProfile:
-        i = self.index[client_id]
+        i = self.index(client_id)
         key = self.keys[i : i + 1]
         t, n = self.spec.tiers[self.tier_of[i]], self.spec.networks[self.network_of[i]]
         gflops = t.gflops_median * math.exp(t.gflops_sigma * float(_normal(key, _GFLOPS_A, _GFLOPS_B)[0]))
@@ -161,7 +178,7 @@ class Fleet:
     def online_until(self, client_id: str, t: float, horizon_s: float = 7 * DAY_S) -> float:
         """When the eligible stretch ``client_id`` is in at ``t`` ends (the device leaves:
         unplugged, busy, off Wi-Fi), looking at most ``horizon_s`` ahead."""
-        i = np.array([self.index[client_id]])
+        i = np.array([self.index(client_id)])
         k = self._stretch(i, t)
         if not self._idle_and_charging(i, k)[0] and self.spec.availability.require_charging:
             return t
@@ -172,4 +189,4 @@ class Fleet:
         return float(end)
 
     def local_day(self, client_id: str, t: float) -> int:
-        return math.floor((t + float(self.offset_s[self.index[client_id]])) / DAY_S)
+        return math.floor((t + float(self.offset_s[self.index(client_id)])) / DAY_S)

@@ -81,7 +81,7 @@ def serve(
     if partition:  # the central test set, the shapes, the enrolled client ids
         data = experiment.load_data(cfg)
         sizes: list[int] | None = list(data.sizes().values())
-        enrolled: list[str] | None = data.client_ids
+        enrolled: list[str] | None = list(data.client_ids)
     else:
         data, sizes, enrolled = experiment.server_data(cfg), None, None
     model = experiment.model_factory(cfg, data)

@@ -33,7 +33,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]: ...
 
-    def available(self) -> list[str] | None:
+    def available(self) -> Sequence[str] | None:
         """The clients a round may pick now (live devices), or None: every client in the data."""
         return None
 

@@ -188,11 +188,11 @@ class Simulation:
                 valid.append(r)
         return valid, failures, counted - {f.client_id for f in failures}
 
-    def available(self) -> list[str]:
+    def available(self) -> Sequence[str]:
         """The clients a round may pick: the backend's live devices, or every simulated client."""
         live = self.backend.available()
         if live is not None:
-            return list(live)
+            return live
         assert isinstance(self.data, FederatedDataset), "a deployment's backend knows its devices"
         return self.data.client_ids
 

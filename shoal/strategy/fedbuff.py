@@ -59,10 +59,12 @@ class FedBuff(FedAvg):
     def configure_train(
         self, ctx: RoundContext, params: np.ndarray, available: Sequence[str]
     ) -> list[TrainTask]:
-        """Fill the free slots from the idle devices, drawn as FedAvg draws its cohort."""
+        """Fill the free slots, drawn from ``available`` as FedAvg draws its cohort. The
+        backends leave busy devices out of ``available``, so a population of millions is
+        never walked here."""
         busy = ctx.in_flight
         self._order = {c: v for c, v in self._order.items() if c in busy}  # lost work (a restart) goes
-        idle = [c for c in available if c not in busy]
+        idle = available
         size = min(self.slots - len(busy), len(idle))
         if size <= 0:
             return []
