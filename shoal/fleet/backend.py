@@ -103,7 +103,7 @@ class FleetBackend(Backend):
         self.tasks_today: dict[str, tuple[int, int]] = {}  # device -> (its local day, tasks begun)
         self.pending: list[_Pending] = []  # FedBuff: sent, not yet arrived
         self._metrics: dict[str, float] = {}
-        self._energy, self._late, self._not_needed = 0.0, 0, 0
+        self._energy, self._late, self._not_needed, self._battery = 0.0, 0, 0, 0.0
 
     # -- who may be picked -----------------------------------------------------------------
     def _eligible_now(self) -> Picked:
@@ -153,7 +153,10 @@ class FleetBackend(Backend):
             leaves = self.fleet.online_until(cid, start)
             began = start + p.transfer_s(encoded_size(task), up=False)
             trained = began + p.compute_s(flops)
-            self._energy += p.train_watts * max(min(trained, leaves) - began, 0.0) / 3600.0
+            wh = p.train_watts * max(min(trained, leaves) - began, 0.0) / 3600.0
+            self._energy += wh
+            if p.battery_wh > 0:  # the hungriest task's share of its device's battery
+                self._battery = max(self._battery, wh / p.battery_wh)
             if trained > leaves:  # gone before its upload could start: no need to train it
                 pending[n] = _Pending(_left(task, leaves - start), start, leaves)
             else:
@@ -186,7 +189,7 @@ class FleetBackend(Backend):
 
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
         start = self.now
-        self._energy, self._late, self._not_needed = 0.0, 0, 0
+        self._energy, self._late, self._not_needed, self._battery = 0.0, 0, 0, 0.0
         if self.policy.buffer_size is None:
             outcomes = self._barrier(self._launch(tasks))
         else:
@@ -198,13 +201,16 @@ class FleetBackend(Backend):
             "fleet_late": float(self._late),
             "fleet_not_needed": float(self._not_needed),
             "energy_wh": self._energy,
-            **{f"tier_{t.name}_completed": 0.0 for t in self.fleet.spec.tiers},
+            "battery_pct_max": 100.0 * self._battery,
+            **{f"tier_{name}_completed": 0.0 for name in self.fleet.tier_names},
         }
         if self.policy.buffer_size is not None:
             self._metrics["in_flight"] = float(len(self.pending))
-        for o in outcomes:
-            if isinstance(o, TrainResult):
-                self._metrics[f"tier_{self.fleet.profile(o.client_id).tier}_completed"] += 1.0
+        for name in self.fleet.tier_names:
+            self._metrics[f"tier_{name}_lost"] = 0.0
+        for o in outcomes:  # who got to contribute, and whose work was lost
+            tier = self.fleet.profile(o.client_id).tier
+            self._metrics[f"tier_{tier}_{'completed' if isinstance(o, TrainResult) else 'lost'}"] += 1.0
         return outcomes
 
     def _barrier(self, launched: list[_Pending]) -> list[TrainResult | Failure]:

@@ -119,10 +119,26 @@ class Fleet:
         zone = _categorical(uniform(self.keys, _ZONE), a.timezone_shares)
         self.offset_s = np.asarray(a.timezones, dtype=np.float64)[zone] * 3600.0
         self._unmetered = np.array([n.unmetered for n in spec.networks])[self.network_of]
+        self._mains = np.array([t.battery_wh == 0 for t in spec.tiers])[self.tier_of]
+        for cid, d in spec.trace.items():  # measured devices: their own zone and network
+            if (i := self._position(cid)) is not None:
+                self.offset_s[i], self._unmetered[i] = d.timezone * 3600.0, d.unmetered
+                self._mains[i] = d.battery_wh == 0
+
+    def _position(self, client_id: str) -> int | None:
+        if isinstance(self.ids, IdRange):
+            return self.ids.position(client_id)
+        return self._index.get(client_id) if self._index is not None else None
+
+    @property
+    def tier_names(self) -> list[str]:
+        """Every tier a device may report: the fleet's, and the trace's own."""
+        names = [t.name for t in self.spec.tiers]
+        return names + sorted({d.tier for d in self.spec.trace.values()} - set(names))
 
     def index(self, client_id: str) -> int:
         """Where ``client_id`` sits in the population."""
-        k = self.ids.position(client_id) if isinstance(self.ids, IdRange) else self._index.get(client_id)  # type: ignore[union-attr]
+        k = self._position(client_id)
         if k is None:
             raise KeyError(f"{client_id!r} is not a device of this fleet")
         return k
@@ -131,6 +147,21 @@ class Fleet:
     @functools.lru_cache(maxsize=65_536)  # noqa: B019 (one fleet a run; bounded)
     def profile(self, client_id: str) -> DeviceProfile:
         i = self.index(client_id)
+        if (d := self.spec.trace.get(client_id)) is not None:
+            return DeviceProfile(
+                client_id=client_id,
+                tier=d.tier,
+                gflops=d.gflops,
+                memory_mb=d.memory_mb,
+                battery_wh=d.battery_wh,
+                train_watts=d.train_watts,
+                network="traced",
+                down_bps=d.down_mbps * 1e6,
+                up_bps=d.up_mbps * 1e6,
+                rtt_s=d.rtt_ms / 1000.0,
+                unmetered=d.unmetered,
+                utc_offset_h=d.timezone,
+            )
         key = self.keys[i : i + 1]
         t, n = self.spec.tiers[self.tier_of[i]], self.spec.networks[self.network_of[i]]
         gflops = t.gflops_median * math.exp(t.gflops_sigma * float(_normal(key, _GFLOPS_A, _GFLOPS_B)[0]))
@@ -172,8 +203,7 @@ class Fleet:
     def battery(self, i: np.ndarray | slice, k: np.ndarray) -> np.ndarray:
         """Charge at the start of a stretch off the charger (mains-powered devices: full)."""
         level = 0.1 + 0.9 * uniform(self.keys[i], _BATTERY, k)
-        mains = np.array([t.battery_wh == 0 for t in self.spec.tiers])[self.tier_of[i]]
-        return np.where(mains, 1.0, level)
+        return np.where(self._mains[i], 1.0, level)
 
     def online_until(self, client_id: str, t: float, horizon_s: float = 7 * DAY_S) -> float:
         """When the eligible stretch ``client_id`` is in at ``t`` ends (the device leaves:

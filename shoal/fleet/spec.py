@@ -4,11 +4,15 @@ The file format (``shoal/fleet/data/phones.toml`` is the reference, its sources 
 ``docs/fleet-sources.md``): ``[[tier]]`` tables (compute, memory, battery), ``[[network]]``
 tables (bandwidth, latency, metered or not), one ``[availability]`` table (the share of
 devices eligible by local hour, stretch length, time zones, the eligibility policy). A
-user's own fleet is a file in the same format.
+user's own fleet is a file in the same format; its optional ``devices = "FILE"`` names a
+trace of measured devices (CSV or JSON, never pickle; see :func:`load_trace`) that
+replaces the drawn profile of every device it lists.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import tomllib
 from collections.abc import Mapping
@@ -78,6 +82,7 @@ class FleetSpec:
     availability: Availability
     description: str = ""
     source: str = field(default="", compare=False)  # the file it came from
+    trace: Mapping[str, TracedDevice] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         where = self.source or self.name
@@ -134,16 +139,21 @@ def load_fleet(name_or_path: str | Path) -> FleetSpec:
     if not path.is_file():
         raise ConfigError(
             f"fleet {str(name_or_path)!r}: no such file; name a built-in fleet "
-            f"({', '.join(builtin_fleets())}) or a TOML file in their format (docs/fleet.md)"
+            f"({', '.join(builtin_fleets())}) or a TOML file in their format "
+            "(shoal/fleet/data/phones.toml, explained in docs/fleet-sources.md)"
         )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"fleet {path}: not valid TOML: {exc}") from None
-    return from_dict(raw, str(path))
+    devices = raw.get("devices")
+    trace = load_trace(path.parent / str(devices)) if devices is not None else {}
+    return from_dict({k: v for k, v in raw.items() if k != "devices"}, str(path), trace)
 
 
-def from_dict(raw: Mapping[str, Any], source: str = "") -> FleetSpec:
+def from_dict(
+    raw: Mapping[str, Any], source: str = "", trace: Mapping[str, TracedDevice] | None = None
+) -> FleetSpec:
     where = source or str(raw.get("name", "fleet"))
     try:
         tiers = tuple(Tier(**t) for t in raw.get("tier", []))
@@ -163,4 +173,79 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> FleetSpec:
         availability=availability,
         description=str(raw.get("description", "")),
         source=source,
+        trace=dict(trace or {}),
     )
+
+
+@dataclass(frozen=True)
+class TracedDevice:
+    """One measured device of a trace."""
+
+    gflops: float
+    down_mbps: float
+    up_mbps: float
+    rtt_ms: float
+    unmetered: bool
+    timezone: float  # UTC offset, hours
+    tier: str = "traced"
+    memory_mb: float = 0.0
+    battery_wh: float = 0.0  # 0: mains powered
+    train_watts: float = 0.0
+
+
+_REQUIRED = ("device", "gflops", "down_mbps", "up_mbps", "rtt_ms", "unmetered", "timezone")
+_OPTIONAL = ("tier", "memory_mb", "battery_wh", "train_watts")
+
+
+def load_trace(path: Path) -> dict[str, TracedDevice]:
+    """Measured devices, one row each: a CSV with a header row, or a JSON list of objects,
+    with ``device`` (its client id), ``gflops``, ``down_mbps``, ``up_mbps``, ``rtt_ms``,
+    ``unmetered`` (true/false), ``timezone`` (UTC offset in hours), and optionally
+    ``tier``, ``memory_mb``, ``battery_wh``, ``train_watts``."""
+    if not path.is_file():
+        raise ConfigError(f"fleet trace {path} does not exist (devices = ... is relative to the fleet file)")
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"fleet trace {path}: not valid JSON: {exc}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ConfigError(f"fleet trace {path}: expected a JSON list of objects, one per device")
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise ConfigError(f"fleet trace {path}: use a .csv or .json file (never pickle)")
+    out: dict[str, TracedDevice] = {}
+    for n, row in enumerate(rows, start=1):
+        missing = [k for k in _REQUIRED if k not in row]
+        extra = sorted(set(row) - {*_REQUIRED, *_OPTIONAL})
+        if missing or extra:
+            raise ConfigError(
+                f"fleet trace {path}: row {n} lacks {missing} or has unknown columns {extra}; "
+                f"the columns are {', '.join(_REQUIRED + _OPTIONAL)}"
+            )
+        try:
+            unmetered = str(row["unmetered"]).strip().lower()
+            if unmetered not in ("true", "false", "1", "0"):
+                raise ValueError(f"unmetered must be true or false, got {row['unmetered']!r}")
+            device = TracedDevice(
+                gflops=float(row["gflops"]),
+                down_mbps=float(row["down_mbps"]),
+                up_mbps=float(row["up_mbps"]),
+                rtt_ms=float(row["rtt_ms"]),
+                unmetered=unmetered in ("true", "1"),
+                timezone=float(row["timezone"]),
+                tier=str(row.get("tier") or "traced"),
+                **{
+                    k: float(row[k])
+                    for k in ("memory_mb", "battery_wh", "train_watts")
+                    if row.get(k) not in (None, "")
+                },
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"fleet trace {path}: row {n}: {exc}") from None
+        if min(device.gflops, device.down_mbps, device.up_mbps) <= 0 or device.rtt_ms < 0:
+            raise ConfigError(f"fleet trace {path}: row {n}: speeds must be > 0 and rtt_ms >= 0")
+        out[str(row["device"])] = device
+    return out

@@ -30,7 +30,9 @@ _PRIVACY = (("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", 
 _BOOKKEEPING = frozenset({"round", "aborted", "clients_selected", "fed_eval_clients", "wall_time", "elapsed"})
 # A fleet's (shoal/fleet): what its rounds cost in time, devices and energy.
 _LOST = (("fleet_dropped", "left mid-task"), ("fleet_late", "late"), ("fleet_not_needed", "not needed"))
-_FLEET = frozenset({"virtual_hours", "round_virtual_s", "energy_wh", "in_flight", *(k for k, _ in _LOST)})
+_FLEET = frozenset(
+    {"virtual_hours", "round_virtual_s", "energy_wh", "battery_pct_max", "in_flight", *(k for k, _ in _LOST)}
+)
 _PLOTTED = frozenset(k for keys in (_ACCURACY, _LOSS, _BYTES, _CLIENTS, _PRIVACY) for k, _ in keys) | _FLEET
 TIER = ("tier_", "_completed")  # tier_<name>_completed: results from that tier this round
 
@@ -131,11 +133,13 @@ def other_keys(records: list[Record]) -> list[str]:
     found = {
         k for r in records for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return sorted(k for k in found - _PLOTTED - _BOOKKEEPING if not _tier(k))
+    return sorted(k for k in found - _PLOTTED - _BOOKKEEPING if not (_tier(k) or _tier(k, "lost")))
 
 
-def _tier(key: str) -> str | None:
-    return key[len(TIER[0]) : -len(TIER[1])] if key.startswith(TIER[0]) and key.endswith(TIER[1]) else None
+def _tier(key: str, kind: str = "completed") -> str | None:
+    """The tier a ``tier_<name>_completed`` (or ``_lost``) key counts, or None."""
+    end = f"_{kind}"
+    return key[len(TIER[0]) : -len(end)] if key.startswith(TIER[0]) and key.endswith(end) else None
 
 
 def fleet_figures(records: list[Record], tier_shares: dict[str, float] | None) -> list[Figure]:
@@ -167,12 +171,15 @@ def fleet_figures(records: list[Record], tier_shares: dict[str, float] | None) -
                 totals[name] = totals.get(name, 0.0) + float(v)
     fair = Figure(figsize=(5.2, 3.4))
     ax = fair.subplots()
-    names = list(tier_shares or totals)
+    shares = tier_shares or {}
+    names = [*shares, *(n for n in totals if n not in shares)]  # a trace's own tiers too
     done = sum(totals.values()) or 1.0
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [totals.get(n, 0.0) / done for n in names], width=0.4, label="results")
     if tier_shares:
-        ax.bar([x + 0.2 for x in xs], [tier_shares[n] for n in names], width=0.4, label="fleet", color="C1")
+        ax.bar(
+            [x + 0.2 for x in xs], [shares.get(n, 0.0) for n in names], width=0.4, label="fleet", color="C1"
+        )
     ax.set_xticks(list(xs), names)
     ax.set_title("Who contributes, by tier")
     ax.set_ylabel("share")
@@ -183,6 +190,7 @@ def fleet_figures(records: list[Record], tier_shares: dict[str, float] | None) -
         fair,
         figure(records, _LOST, "Results lost per round", "devices", from_zero=True, integer_y=True),
         figure(records, (("energy_wh", "training"),), "Device energy per round", "Wh", from_zero=True),
+        figure(records, (("battery_pct_max", "worst device"),), "Battery drained", "%", from_zero=True),
     ]
 
 

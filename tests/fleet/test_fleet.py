@@ -14,7 +14,7 @@ from shoal.data import digits, iid
 from shoal.errors import ConfigError
 from shoal.fleet.backend import FleetBackend, RoundPolicy
 from shoal.fleet.devices import Fleet
-from shoal.fleet.spec import from_dict
+from shoal.fleet.spec import from_dict, load_fleet
 from shoal.messages import Failure, FailureKind, TrainResult, encoded_size
 from shoal.models import mlp
 from shoal.runtime.backend import InProcessBackend
@@ -254,3 +254,42 @@ def test_a_fleet_runs_report_shows_time_to_accuracy_and_who_contributes(tmp_path
         assert title in page
     other = page[page.index("<h2>Other metrics</h2>") :] if "<h2>Other metrics</h2>" in page else ""
     assert "tier_only_completed" not in other and "virtual_hours" not in other  # shown above, not twice
+
+
+def test_measured_devices_from_a_trace_replace_their_drawn_profiles(tmp_path, data):
+    (tmp_path / "measured.csv").write_text(
+        "device,gflops,down_mbps,up_mbps,rtt_ms,unmetered,timezone,tier\n"
+        "0,0.25,4,1,80,true,5.5,lab-phone\n"
+        "1,3.0,100,50,10,false,0,lab-phone\n"
+    )
+    raw = _raw(spec())
+    (tmp_path / "fleet.toml").write_text(_toml({**raw, "devices": "measured.csv"}))
+    fleet_spec = load_fleet(tmp_path / "fleet.toml")
+    model, fb = backend(data, fleet_spec, flops=1e6)
+    p = fb.fleet.profile("0")
+    assert (p.tier, p.gflops, p.down_bps, p.up_bps, p.rtt_s, p.utc_offset_h) == (
+        "lab-phone",
+        0.25,
+        4e6,
+        1e6,
+        0.08,
+        5.5,
+    )
+    assert "1" not in set(fb.available())  # metered, as measured
+    (task,) = tasks_for(model, ["0"])
+    (result,) = fb.train([task])
+    n = data.sizes()["0"]
+    expected = (
+        p.transfer_s(encoded_size(task), False) + 1e6 * n / 0.25e9 + p.transfer_s(encoded_size(result), True)
+    )
+    assert (
+        fb.now == pytest.approx(expected, rel=1e-12) and fb.round_metrics()["tier_lab-phone_completed"] == 1.0
+    )
+    (tmp_path / "bad.csv").write_text("device,gflops\n0,1\n")
+    (tmp_path / "bad.toml").write_text(_toml({**raw, "devices": "bad.csv"}))
+    with pytest.raises(ConfigError, match="lacks"):
+        load_fleet(tmp_path / "bad.toml")
+    (tmp_path / "pickled.toml").write_text(_toml({**raw, "devices": "devices.pkl"}))
+    (tmp_path / "devices.pkl").write_bytes(b"\x80\x04")
+    with pytest.raises(ConfigError, match="never pickle"):
+        load_fleet(tmp_path / "pickled.toml")
