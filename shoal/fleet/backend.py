@@ -144,7 +144,7 @@ class FleetBackend(Backend):
         server learns it is the virtual time it takes."""
         start = self.now
         pending: list[_Pending | None] = [None] * len(tasks)
-        to_train: list[tuple[int, float, float]] = []  # (n, trained at, leaves at)
+        to_train: list[tuple[int, float, float, str]] = []  # (n, trained at, leaves at, why it would)
         for n, task in enumerate(tasks):
             cid = task.client_id
             p = self.fleet.profile(cid)
@@ -153,21 +153,28 @@ class FleetBackend(Backend):
             leaves = self.fleet.online_until(cid, start)
             began = start + p.transfer_s(encoded_size(task), up=False)
             trained = began + p.compute_s(flops)
+            why = LEFT
+            level = self.fleet.off_charger_battery(cid, start)
+            if level is not None and p.battery_wh > 0 and p.train_watts > 0:  # training drains it
+                floor = self.fleet.spec.availability.battery_floor
+                flat = began + max(level - floor, 0.0) * p.battery_wh * 3600.0 / p.train_watts
+                if flat < min(trained, leaves):
+                    leaves, why = flat, FLAT
             wh = p.train_watts * max(min(trained, leaves) - began, 0.0) / 3600.0
             self._energy += wh
             if p.battery_wh > 0:  # the hungriest task's share of its device's battery
                 self._battery = max(self._battery, wh / p.battery_wh)
             if trained > leaves:  # gone before its upload could start: no need to train it
-                pending[n] = _Pending(_left(task, leaves - start), start, leaves)
+                pending[n] = _Pending(_left(task, leaves - start, why), start, leaves)
             else:
-                to_train.append((n, trained, leaves))
-        outs = self.inner.train([tasks[n] for n, _, _ in to_train])
-        for (n, trained, leaves), out in zip(to_train, outs, strict=True):
+                to_train.append((n, trained, leaves, why))
+        outs = self.inner.train([tasks[n] for n, _, _, _ in to_train])
+        for (n, trained, leaves, why), out in zip(to_train, outs, strict=True):
             told = trained
             if isinstance(out, TrainResult):
                 told += self.fleet.profile(out.client_id).transfer_s(encoded_size(out), up=True)
                 if told > leaves:
-                    out, told = _left(tasks[n], leaves - start), leaves
+                    out, told = _left(tasks[n], leaves - start, why), leaves
             pending[n] = _Pending(out, start, told)
         for entry in pending:
             assert entry is not None
@@ -287,6 +294,11 @@ def _dropped(outcome: TrainResult | Failure | None) -> bool:
     return isinstance(outcome, Failure) and outcome.kind is FailureKind.DROPPED
 
 
-def _left(task: TrainTask, after_s: float) -> Failure:
-    why = f"the device left (unplugged, busy or off Wi-Fi) {after_s:.0f} s into the round"
-    return Failure(task.round, task.client_id, FailureKind.DROPPED, why)
+LEFT = "the device left (unplugged, busy or off Wi-Fi)"
+FLAT = "the device's battery fell to the policy's floor"
+
+
+def _left(task: TrainTask, after_s: float, why: str = LEFT) -> Failure:
+    return Failure(
+        task.round, task.client_id, FailureKind.DROPPED, f"{why} {after_s:.0f} s after it was sent"
+    )

@@ -205,13 +205,23 @@ class Fleet:
         level = 0.1 + 0.9 * uniform(self.keys[i], _BATTERY, k)
         return np.where(self._mains[i], 1.0, level)
 
+    def off_charger_battery(self, client_id: str, t: float) -> float | None:
+        """The battery level of a device training off the charger at ``t`` (allowed when
+        the policy does not require charging), or None when it is plugged in or on mains."""
+        i = np.array([self.index(client_id)])
+        k = self._stretch(i, t)
+        if self._idle_and_charging(i, k)[0] or self._mains[i[0]]:
+            return None
+        return float(self.battery(i, k)[0])
+
     def online_until(self, client_id: str, t: float, horizon_s: float = 7 * DAY_S) -> float:
         """When the eligible stretch ``client_id`` is in at ``t`` ends (the device leaves:
         unplugged, busy, off Wi-Fi), looking at most ``horizon_s`` ahead."""
         i = np.array([self.index(client_id)])
         k = self._stretch(i, t)
-        if not self._idle_and_charging(i, k)[0] and self.spec.availability.require_charging:
-            return t
+        if not self._idle_and_charging(i, k)[0]:  # off the charger: only allowed, and only
+            # ended by its battery, when the policy does not require charging
+            return t if self.spec.availability.require_charging else t + horizon_s
         end = (k[0] + 1) * self.stretch_s - self.offset_s[i[0]]
         while end - t < horizon_s and self._idle_and_charging(i, k + 1)[0]:
             k = k + 1

@@ -102,7 +102,7 @@ def test_a_device_that_leaves_mid_task_fails_at_that_time(data):
     (task,) = tasks_for(model, [data.client_ids[0]])
     (out,) = fb.train([task])
     assert isinstance(out, Failure) and out.kind is FailureKind.DROPPED
-    assert "3600 s into the round" in out.reason
+    assert "left (unplugged, busy or off Wi-Fi) 3600 s after it was sent" in out.reason
     assert fb.now == pytest.approx(3600.0)
     assert fb.round_metrics()["fleet_dropped"] == 1.0
 
@@ -293,3 +293,19 @@ def test_measured_devices_from_a_trace_replace_their_drawn_profiles(tmp_path, da
     (tmp_path / "devices.pkl").write_bytes(b"\x80\x04")
     with pytest.raises(ConfigError, match="never pickle"):
         load_fleet(tmp_path / "pickled.toml")
+
+
+def test_a_device_training_off_the_charger_fails_when_its_battery_hits_the_floor(data):
+    off_charger = spec([0.0] * 24, gflops=1e-6, require_charging=False, require_idle=False, battery_floor=0.2)
+    model, fb = backend(data, off_charger, flops=1e6)  # 1,000 s an example: a day of training
+    ids = list(fb.available())
+    assert ids  # nobody is plugged in, but the policy lets them train on battery
+    (task,) = tasks_for(model, [ids[0]])
+    level = fb.fleet.off_charger_battery(ids[0], 0.0)
+    (out,) = fb.train([task])
+    p = fb.fleet.profile(ids[0])
+    began = p.transfer_s(encoded_size(task), up=False)
+    flat = began + (level - 0.2) * p.battery_wh * 3600 / p.train_watts  # 12 Wh at 2 W
+    assert isinstance(out, Failure) and "battery fell to the policy's floor" in out.reason
+    assert fb.now == pytest.approx(flat)
+    assert fb.round_metrics()["battery_pct_max"] == pytest.approx(100 * (level - 0.2), rel=1e-6)
