@@ -41,10 +41,10 @@ def check(cfg: RunConfig) -> None:
 
 def _check_fleet(cfg: RunConfig) -> None:
     """What a simulated fleet does not run yet, or makes redundant."""
-    if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
+    if cfg.he.enabled:
         raise ConfigError(
-            "a fleet drops devices mid-round, which secure and homomorphic aggregation on a "
-            "virtual clock do not model yet: run them without fleet"
+            "a fleet drops devices mid-round, which homomorphic aggregation's key authority "
+            "does not model yet: run it without fleet"
         )
     if cfg.strategy.straggler_fraction > 0:
         raise ConfigError(
@@ -84,6 +84,13 @@ def _check_client_algorithm(cfg: RunConfig) -> None:
 
 def _check_hidden_updates(cfg: RunConfig) -> None:
     """Secure and homomorphic aggregation show the server only the sum."""
+    share = 1 / (1 + cfg.strategy.over_selection)  # of the picked devices, what a round counts
+    if cfg.secagg.mode is not SecAggMode.NONE and share <= cfg.secagg.threshold:
+        raise ConfigError(
+            f"over-selection counts {share:.0%} of the picked devices, but secure aggregation needs "
+            f"more than its threshold ({cfg.secagg.threshold:.0%}) of them to unmask: set "
+            f"strategy.over_selection below {1 / cfg.secagg.threshold - 1:.2f}"
+        )
     if cfg.secagg.mode is not SecAggMode.NONE and cfg.backend is BackendName.RAY:
         raise ConfigError(
             "secure aggregation runs with the inprocess and vectorized backends, not ray (the "

@@ -182,6 +182,15 @@ class SecAggServer:
         inputs = self._masked_inputs(masked)
         survivors, dropped = set(inputs), self.sharers - set(inputs)
         self.survivors_of_input = [self.by_index[i] for i in sorted(survivors)]
+        # A survivor reveals shares only if t of its own neighbours survived (itself not
+        # counted): say so now rather than after every client has refused to sign.
+        fewest = min(len(survivors & set(self.graph[i])) for i in survivors)
+        if fewest < self.threshold:
+            raise ThresholdError(
+                f"secure aggregation, round {self.round}: {len(survivors)} clients sent masked "
+                f"inputs, so a survivor has {fewest} surviving neighbours and threshold is "
+                f"{self.threshold}; the round is abandoned (pick a larger cohort, or over-select less)"
+            )
         signatures = self._consistency_check(tuple(sorted(survivors)))
         s_shares, b_shares = self._collect_unmasking(survivors, dropped, signatures)
         total = np.zeros(self.dimension, np.uint32)

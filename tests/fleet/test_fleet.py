@@ -309,3 +309,30 @@ def test_a_device_training_off_the_charger_fails_when_its_battery_hits_the_floor
     assert isinstance(out, Failure) and "battery fell to the policy's floor" in out.reason
     assert fb.now == pytest.approx(flat)
     assert fb.round_metrics()["battery_pct_max"] == pytest.approx(100 * (level - 0.2), rel=1e-6)
+
+
+def test_secure_aggregation_runs_under_a_fleets_drops(tmp_path):
+    raw = _fleet_config(tmp_path, [0.9] * 24, clients_per_round=12, over_selection=0.25, deadline_s=600.0)
+    raw.update(rounds=2, secagg={"mode": "secagg"})
+    raw["data"]["num_clients"] = 40
+    history = experiment.run(config.from_dict(raw), tmp_path / "run")
+    for r in history.records:  # 15 picked, the first 12 answers unmasked together
+        assert not r["aborted"] and r["clients_selected"] == 15 and r["clients_completed"] == 12
+        assert r["fleet_not_needed"] + r["fleet_dropped"] + r["fleet_late"] == 3
+    with pytest.raises(ConfigError, match=r"over_selection below 0\.50"):
+        config.from_dict({**raw, "strategy": {**raw["strategy"], "over_selection": 0.5}})
+
+
+def test_secure_aggregation_says_when_too_few_neighbours_survive():
+    from shoal.secagg.common import ThresholdError, complete_graph
+    from shoal.secagg.server import SecAggServer
+    from shoal.secagg.transform import LocalDevices
+
+    channel = LocalDevices()
+    ids = [str(i) for i in range(9)]
+    channel.open_round(ids)
+    server = SecAggServer(1, ids, 6, 4, complete_graph(9), channel, 1.0, 1 << 16)
+    server.setup()
+    masked = {c: channel.devices[c].masked_input(np.zeros(4, np.float32)) for c in ids[:6]}
+    with pytest.raises(ThresholdError, match="a survivor has 5 surviving neighbours and threshold is 6"):
+        server.aggregate(masked)
