@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +171,14 @@ def user_model(
 
 
 def make_transforms(names: Sequence[TransformName | Ref]) -> list[UpdateTransform]:
-    table = {TransformName.HALF_PRECISION: HalfPrecision}
+    from shoal.transforms.quantize import StochasticQuantization
+
+    table: dict[TransformName, Callable[[], UpdateTransform]] = {
+        TransformName.HALF_PRECISION: HalfPrecision,
+        **{
+            TransformName(f"quantize-{b}"): functools.partial(StochasticQuantization, b) for b in (1, 2, 4, 8)
+        },
+    }
     return [
         apps.build("transforms", n, UpdateTransform, {}) if isinstance(n, Ref) else table[n]() for n in names
     ]

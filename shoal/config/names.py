@@ -34,6 +34,10 @@ class StrategyName(enum.StrEnum):
 
 class TransformName(enum.StrEnum):
     HALF_PRECISION = "half-precision"
+    QUANTIZE_8 = "quantize-8"  # stochastic uniform quantization, unbiased: 8 bits a coordinate
+    QUANTIZE_4 = "quantize-4"
+    QUANTIZE_2 = "quantize-2"
+    QUANTIZE_1 = "quantize-1"
 
 
 class PrivacyMode(enum.StrEnum):

@@ -106,8 +106,14 @@ def _check_hidden_updates(cfg: RunConfig) -> None:
             "strategy.max_update_norm needs each client's update, which secure and homomorphic "
             "aggregation hide; bound norms on the device instead (privacy.mode = 'local' clips them)"
         )
-    if TransformName.HALF_PRECISION in cfg.transforms:
-        raise ConfigError("secagg and he encode updates themselves; drop the half-precision transform")
+    compressors = [
+        t for t in cfg.transforms if t is TransformName.HALF_PRECISION or str(t).startswith("quantize-")
+    ]
+    if compressors:
+        raise ConfigError(
+            f"secagg and he encode updates themselves; drop the {label(compressors[0])} transform "
+            "(quantizing inside secure aggregation's ring is not built yet)"
+        )
     if cfg.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA) or cfg.strategy.drop_stragglers:
         raise ConfigError(
             "secure and homomorphic aggregation reveal only the sum; "
