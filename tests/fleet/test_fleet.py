@@ -336,3 +336,13 @@ def test_secure_aggregation_says_when_too_few_neighbours_survive():
     masked = {c: channel.devices[c].masked_input(np.zeros(4, np.float32)) for c in ids[:6]}
     with pytest.raises(ThresholdError, match="a survivor has 5 surviving neighbours and threshold is 6"):
         server.aggregate(masked)
+
+
+@pytest.mark.parametrize("name", ["digits_fleet", "digits_fleet_fedbuff", "population_million"])
+def test_the_fleet_examples_run(name, tmp_path):
+    from pathlib import Path
+
+    raw = config.to_dict(config.load(Path(__file__).parents[2] / "examples" / f"{name}.toml"))
+    history = experiment.run(config.from_dict({**raw, "rounds": 2}), tmp_path / name)
+    assert len(history.records) == 2 and history.records[-1]["virtual_hours"] >= 0
+    assert not any(r["aborted"] for r in history.records)

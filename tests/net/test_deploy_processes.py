@@ -63,12 +63,20 @@ def test_a_new_project_trains_in_simulation_then_on_devices_with_their_own_data(
         args = ["client", "--server", address, "--config", "shoal.toml", "--client-id", device]
         args += ["--data", str(home), "--token-file", str(token), "--insecure", "--give-up", "120"]
         clients.append(shoal(*args, log=tmp_path / f"{device}.log", cwd=project))
+    # an intruder: an enrolled id with the wrong token, from a folder of its own
+    wrong = tmp_path / "stolen.token"
+    wrong.write_text("guessed\n")
+    args = ["client", "--server", address, "--config", "shoal.toml", "--client-id", DEVICES[0]]
+    args += ["--data", str(homes[DEVICES[1]]), "--token-file", str(wrong), "--insecure", "--give-up", "60"]
+    intruder = shoal(*args, log=tmp_path / "intruder.log", cwd=project)
     try:
+        assert intruder.wait(timeout=120) == 2  # refused at once, named
+        assert "the server refused this device" in (tmp_path / "intruder.log").read_text()
         assert server.wait(timeout=300) == 0, (tmp_path / "server.log").read_text()
         for c in clients:
             assert c.wait(timeout=60) == 0
     finally:
-        stop(server, *clients)
+        stop(server, *clients, intruder)
     rounds = records(out / "metrics.jsonl")
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["clients_completed"] == 3 for r in rounds)
