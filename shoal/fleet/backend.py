@@ -102,6 +102,8 @@ class FleetBackend(Backend):
         self.now = 0.0  # virtual seconds since the run began (local midnight at UTC+0)
         self.tasks_today: dict[str, tuple[int, int]] = {}  # device -> (its local day, tasks begun)
         self.pending: list[_Pending] = []  # FedBuff: sent, not yet arrived
+        self._round_count = 0
+        self._eligible_cache: tuple[tuple[float, int], Picked] | None = None
         self._metrics: dict[str, float] = {}
         self._energy, self._late, self._not_needed, self._battery = 0.0, 0, 0, 0.0
 
@@ -109,13 +111,18 @@ class FleetBackend(Backend):
     def _eligible_now(self) -> Picked:
         """Eligible, under the daily cap and not busy: numpy over the population, then
         Python only over the devices that trained lately or are in flight."""
+        key = (self.now, self._round_count)  # asked twice a round (stop checks, then the draw)
+        if self._eligible_cache is not None and self._eligible_cache[0] == key:
+            return self._eligible_cache[1]
         mask = self.fleet.eligible(self.now)
         cap = self.fleet.spec.availability.max_tasks_per_day
         spent = [c for c in self.tasks_today if self._tasks_on(c) >= cap]
         busy = [e.outcome.client_id for e in self.pending]
         for c in [*spent, *busy]:
             mask[self.fleet.index(c)] = False
-        return Picked(self.fleet.ids, np.flatnonzero(mask))
+        picked = Picked(self.fleet.ids, np.flatnonzero(mask))
+        self._eligible_cache = (key, picked)
+        return picked
 
     def _tasks_on(self, client_id: str) -> int:
         day, count = self.tasks_today.get(client_id, (None, 0))
@@ -197,6 +204,7 @@ class FleetBackend(Backend):
     def train(self, tasks: Sequence[TrainTask]) -> list[TrainResult | Failure]:
         start = self.now
         self._energy, self._late, self._not_needed, self._battery = 0.0, 0, 0, 0.0
+        self._round_count += 1  # tasks and arrivals change who is eligible
         if self.policy.buffer_size is None:
             outcomes = self._barrier(self._launch(tasks))
         else:

@@ -98,10 +98,6 @@ class DeviceProfile:
     def compute_s(self, flops: float) -> float:
         return flops / (self.gflops * 1e9)
 
-    def task_s(self, bytes_down: int, flops: float, bytes_up: int) -> float:
-        """A task's virtual duration: download, train, upload."""
-        return self.transfer_s(bytes_down, False) + self.compute_s(flops) + self.transfer_s(bytes_up, True)
-
 
 class Fleet:
     """The devices behind a population of client ids, and when each may train."""
