@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +16,8 @@ from shoal import config as cfgmod
 from shoal.apps import Ref, label
 from shoal.client.app import AppBuilder, ClientApp
 from shoal.client.hparams import TorchTrainer
-from shoal.config import DatasetName, RunConfig, StrategyName, TransformName
-from shoal.config.names import BackendName, ModelName
+from shoal.config import DatasetName, RunConfig, StrategyName
+from shoal.config.names import BackendName, CompressorName, ModelName
 from shoal.data.datasets import ClientData, FederatedDataset, LabeledData, ServerData
 from shoal.data.loaders import digits, fashion_mnist, load_csv, mnist_subset
 from shoal.data.partition import partition
@@ -25,13 +25,13 @@ from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError, DataError
 from shoal.models import ModelFactory, char_lstm, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.params import ParamSpec
 from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
 from shoal.runtime.vectorized import VectorizedBackend, cohort_supported, cohorts_pay_off
 from shoal.strategy.base import Strategy
 from shoal.transforms.base import UpdateTransform
-from shoal.transforms.half_precision import HalfPrecision
 
 
 def load_data(cfg: RunConfig) -> FederatedDataset:
@@ -170,18 +170,9 @@ def user_model(
     return module
 
 
-def make_transforms(names: Sequence[TransformName | Ref]) -> list[UpdateTransform]:
-    from shoal.transforms.quantize import StochasticQuantization
-
-    table: dict[TransformName, Callable[[], UpdateTransform]] = {
-        TransformName.HALF_PRECISION: HalfPrecision,
-        **{
-            TransformName(f"quantize-{b}"): functools.partial(StochasticQuantization, b) for b in (1, 2, 4, 8)
-        },
-    }
-    return [
-        apps.build("transforms", n, UpdateTransform, {}) if isinstance(n, Ref) else table[n]() for n in names
-    ]
+def make_transforms(refs: Sequence[Ref]) -> list[UpdateTransform]:
+    """The user's own transforms, built from their import paths."""
+    return [apps.build("transforms", r, UpdateTransform, {}) for r in refs]
 
 
 def app_builder(cfg: RunConfig) -> AppBuilder:
@@ -293,15 +284,21 @@ def fleet_backend(
     )
 
 
-def build_transforms(cfg: RunConfig, num_clients: int | None) -> list[UpdateTransform]:
+def build_transforms(cfg: RunConfig, num_clients: int | None, model: ModelFactory) -> list[UpdateTransform]:
     """The update path in order: DP first (its client half sees the raw update, its server
-    half the decoded one), the named transforms, then secure or homomorphic aggregation
-    (masking is the last step on the device, unmasking the first on the server)."""
+    half the decoded one: central DP clips what was decoded, so compression never changes
+    its sensitivity), the user's transforms, the uplink compressor, then secure or
+    homomorphic aggregation (masking is the last step on the device, unmasking the first
+    on the server)."""
     transforms = make_transforms(cfg.transforms)
     private = cfg.privacy.build(num_clients)
     if private is not None:
         transforms.insert(0, private)
-    hidden = cfg.secagg.build() or cfg.he.build()
+    low_rank = cfg.compression.uplink is CompressorName.POWERSGD  # it factors each weight matrix
+    compressor = cfg.compression.build(ParamSpec.from_module(model()).shapes if low_rank else ())
+    if compressor is not None:
+        transforms.append(compressor)
+    hidden = cfg.secagg.build(cfg.privacy.ring_encoder(num_clients)) or cfg.he.build()
     if hidden is not None:
         transforms.append(hidden)
     return transforms
@@ -328,7 +325,7 @@ def build(
                 f"lower clients_per_round or raise data.num_clients"
             )
     model = model_factory(cfg, data)
-    transforms = transforms if transforms is not None else build_transforms(cfg, population(data))
+    transforms = transforms if transforms is not None else build_transforms(cfg, population(data), model)
     strategy = strategy or cfg.strategy.build(cfg.trainer.local_epochs)
     if backend is None:
         if not isinstance(data, FederatedDataset):
@@ -359,6 +356,7 @@ def build(
         federated_eval_clients=cfg.eval.federated_eval_clients,
         out_dir=out_dir,
         limits=cfg.strategy.limits(data.sizes().values() if isinstance(data, FederatedDataset) else None),
+        downlink=None if cfg.compression.downlink is CompressorName.NONE else cfg.compression.downlink,
     )
 
 

@@ -49,8 +49,8 @@ def test_examples_exist():
         ({"data": 3}, r"\[data\] must be a table"),
         ({"colour": "red"}, "unknown config key 'colour'"),
         (
-            {"transforms": ["gzip"]},
-            "transforms: 'gzip' is not allowed; choose one of 'half-precision'",
+            {"transforms": ["half-precision"]},
+            r"transforms: expected an import path .* set in \[compression\] uplink",
         ),
         ({"privacy": {"mode": "central"}, "strategy": {"name": "scaffold"}}, "scaffold needs each client's"),
         ({"privacy": {"mode": "central"}, "strategy": {"drop_stragglers": True}}, "drop_stragglers = false"),

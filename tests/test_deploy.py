@@ -61,7 +61,7 @@ def test_a_deployment_says_what_it_cannot_count():
     assert cfg(strategy={"max_num_examples": 500}).strategy.limits(None).max_num_examples == 500
     private = cfg(privacy={"mode": "central", "noise_multiplier": 1.0, "clip_norm": 1.0})
     with pytest.raises(ConfigError, match=r"set privacy\.delta"):
-        experiment.build_transforms(private, None)
+        experiment.build_transforms(private, None, lambda: None)
     with pytest.raises(ConfigError, match="--min-clients"):
         _cohort(cfg(strategy={"fraction": 0.5}), experiment.server_data(cfg()), None)
     assert _cohort(cfg(strategy={"fraction": 0.5}), experiment.server_data(cfg()), 10) == 5

@@ -17,6 +17,7 @@ from shoal.data.datasets import ClientData
 from shoal.messages import EvalResult, EvalTask, Failure, FailureKind, TrainResult, TrainTask
 from shoal.models import ModelFactory
 from shoal.transforms.base import TransformContext, UpdateTransform, apply_client
+from shoal.transforms.downlink import received
 
 
 @runtime_checkable
@@ -59,11 +60,13 @@ def run_train(
 
     ``state`` is a working copy of the client's state that the app may change; the caller
     keeps it only if a result comes back."""
+    state = {} if state is None else state
     try:
-        result = app.train(task, data, {} if state is None else state)
+        task = received(task)  # a compressed model is decoded on the device
+        result = app.train(task, data, state)
     except Exception as exc:  # a client's bug is the client's failure, not the server's
         return _failure(task, exc)
-    return finish_train(task, result, transforms, run_seed)
+    return finish_train(task, result, transforms, run_seed, state)
 
 
 def finish_train(
@@ -71,10 +74,14 @@ def finish_train(
     result: TrainResult,
     transforms: Sequence[UpdateTransform] = (),
     run_seed: int = 0,
+    state: ClientState | None = None,
 ) -> TrainResult | Failure:
-    """The client halves of the transforms, on a result however it was trained."""
+    """The client halves of the transforms, on a result however it was trained; they may
+    keep something in ``state`` (error feedback's residual)."""
     try:
-        ctx = TransformContext(round=task.round, run_seed=run_seed, num_params=task.params.shape[0])
+        ctx = TransformContext(
+            round=task.round, run_seed=run_seed, num_params=task.params.shape[0], state=state
+        )
         return apply_client(transforms, result, ctx)
     except Exception as exc:
         return _failure(task, exc)

@@ -35,7 +35,8 @@ _WHERE = {
     "PrivacyMode": "shoal.config.names",
     "SecAggMode": "shoal.config.names",
     "StrategyName": "shoal.config.names",
-    "TransformName": "shoal.config.names",
+    "CompressorName": "shoal.config.names",
+    "CompressionConfig": "shoal.config.schema",
     "DataConfig": "shoal.config.schema",
     "EvalConfig": "shoal.config.schema",
     "HEConfig": "shoal.config.schema",
@@ -49,8 +50,9 @@ __getattr__, __dir__ = exports(globals(), _WHERE)
 
 if TYPE_CHECKING:  # what _WHERE loads, for type checkers
     from shoal.config.codec import Flag, apply_overrides, coerce, flags, from_dict, load, to_dict, to_toml
-    from shoal.config.names import DatasetName, PrivacyMode, SecAggMode, StrategyName, TransformName
+    from shoal.config.names import CompressorName, DatasetName, PrivacyMode, SecAggMode, StrategyName
     from shoal.config.schema import (
+        CompressionConfig,
         DataConfig,
         EvalConfig,
         HEConfig,
@@ -62,6 +64,8 @@ if TYPE_CHECKING:  # what _WHERE loads, for type checkers
     )
 
 __all__ = [
+    "CompressionConfig",
+    "CompressorName",
     "DataConfig",
     "DatasetName",
     "EvalConfig",
@@ -75,7 +79,6 @@ __all__ = [
     "SecAggMode",
     "StrategyConfig",
     "StrategyName",
-    "TransformName",
     "apply_overrides",
     "coerce",
     "flags",

@@ -29,8 +29,17 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _section_types() -> dict[str, type]:
     hints = _hints(RunConfig)
-    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg", "he")
+    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg", "he", "compression")
     return {name: hints[name] for name in sections}
+
+
+# Where the built-in choices of a key that takes only user code are set instead.
+_WHERE_ELSE = {
+    "transforms": (
+        "; built-in compressors (half, quantize, top-k, random-mask, sign, powersgd) are set in "
+        "[compression] uplink, differential privacy in [privacy]"
+    ),
+}
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
@@ -67,8 +76,10 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is Ref:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected an import path 'package.module:attribute', got {value!r}")
+        if not isinstance(value, str) or (key in _WHERE_ELSE and ":" not in value):
+            hint = _WHERE_ELSE.get(key, "")
+            wanted = "expected an import path 'package.module:attribute'"
+            raise ConfigError(f"{key}: {wanted}, got {value!r}{hint}")
         return Ref.parse(key, value)
     if tp is str:
         if not isinstance(value, str):

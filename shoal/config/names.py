@@ -32,18 +32,22 @@ class StrategyName(enum.StrEnum):
     FEDBUFF = "fedbuff"  # buffered asynchronous aggregation (Nguyen et al. 2022): needs a fleet
 
 
-class TransformName(enum.StrEnum):
-    HALF_PRECISION = "half-precision"
-    QUANTIZE_8 = "quantize-8"  # stochastic uniform quantization, unbiased: 8 bits a coordinate
-    QUANTIZE_4 = "quantize-4"
-    QUANTIZE_2 = "quantize-2"
-    QUANTIZE_1 = "quantize-1"
+class CompressorName(enum.StrEnum):
+    NONE = "none"
+    HALF = "half"  # float16: 2x
+    QUANTIZE = "quantize"  # stochastic uniform quantization to `bits` a value, unbiased (QSGD)
+    TOP_K = "top-k"  # the largest `fraction` of the values, with error feedback (DGC)
+    RANDOM_MASK = "random-mask"  # a seeded random `fraction`, scaled to stay unbiased (Konecny et al.)
+    SIGN = "sign"  # one bit a value and a scale a block, with error feedback (EF-SignSGD)
+    POWERSGD = "powersgd"  # rank-`rank` factors of each weight matrix, with error feedback
 
 
 class PrivacyMode(enum.StrEnum):
     NONE = "none"
     CENTRAL = "central"  # DP-FedAvg: the trusted server clips, sums and noises (McMahan et al. 2018)
     LOCAL = "local"  # each device clips and noises its own update before sending it
+    # each device adds a share of Skellam noise inside secure aggregation's ring (Agarwal et al. 2021)
+    DISTRIBUTED = "distributed"
 
 
 class SecAggMode(enum.StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shoal.apps import label
-from shoal.config.names import BackendName, PrivacyMode, SecAggMode, StrategyName, TransformName
+from shoal.config.names import BackendName, CompressorName, PrivacyMode, SecAggMode, StrategyName
 from shoal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ def check(cfg: RunConfig) -> None:
             )
         if cfg.strategy.drop_stragglers:
             raise ConfigError("privacy.mode = 'central' aggregates every result; set drop_stragglers = false")
+    if cfg.privacy.mode is PrivacyMode.DISTRIBUTED:
+        _check_distributed(cfg)
     _check_client_algorithm(cfg)
     if cfg.fleet is not None:
         _check_fleet(cfg)
@@ -37,6 +39,22 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])")
     if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
         _check_hidden_updates(cfg)
+
+
+def _check_distributed(cfg: RunConfig) -> None:
+    """Distributed DP's noise lives in secure aggregation's ring: nothing else sums it."""
+    if cfg.secagg.mode is SecAggMode.NONE:
+        raise ConfigError(
+            "privacy.mode = 'distributed' adds each device's share of the noise inside secure "
+            "aggregation's ring, so only the noised sum is ever unmasked: set secagg.mode = 'secagg' "
+            "or 'secagg+' (or use privacy.mode = 'local' without it)"
+        )
+    wanted = cfg.strategy.clients_per_round
+    if cfg.strategy.fraction is None and wanted < cfg.privacy.min_clients:
+        raise ConfigError(
+            f"privacy.min_clients = {cfg.privacy.min_clients} devices' noise must be in every sum, but a "
+            f"round picks {wanted}: lower privacy.min_clients or raise strategy.clients_per_round"
+        )
 
 
 def _check_fleet(cfg: RunConfig) -> None:
@@ -106,13 +124,11 @@ def _check_hidden_updates(cfg: RunConfig) -> None:
             "strategy.max_update_norm needs each client's update, which secure and homomorphic "
             "aggregation hide; bound norms on the device instead (privacy.mode = 'local' clips them)"
         )
-    compressors = [
-        t for t in cfg.transforms if t is TransformName.HALF_PRECISION or str(t).startswith("quantize-")
-    ]
-    if compressors:
+    if cfg.compression.uplink is not CompressorName.NONE:
         raise ConfigError(
-            f"secagg and he encode updates themselves; drop the {label(compressors[0])} transform "
-            "(quantizing inside secure aggregation's ring is not built yet)"
+            f"compression.uplink = {cfg.compression.uplink.value!r} gives each update its own scale or "
+            "indices, which a sum of masked or encrypted updates cannot decode; secure aggregation "
+            "compresses in its own ring instead: set compression.uplink = 'none'"
         )
     if cfg.strategy.name in (StrategyName.SCAFFOLD, StrategyName.FEDNOVA) or cfg.strategy.drop_stragglers:
         raise ConfigError(

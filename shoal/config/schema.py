@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,13 +19,13 @@ from shoal.config import rules
 from shoal.config.names import (
     AccountantName,
     BackendName,
+    CompressorName,
     DatasetName,
     ModelName,
     Partition,
     PrivacyMode,
     SecAggMode,
     StrategyName,
-    TransformName,
 )
 from shoal.errors import ConfigError
 from shoal.rng import NoiseName
@@ -37,11 +37,14 @@ from shoal.sampling import SamplingKind
 if TYPE_CHECKING:
     from shoal.he.ckks import HomomorphicAggregation
     from shoal.privacy.central import CentralDP
+    from shoal.privacy.distributed import DistributedDP
     from shoal.privacy.local import LocalDP
     from shoal.runtime.validation import ResultLimits
+    from shoal.secagg.encoding import RingEncoder
     from shoal.secagg.transform import SecureAggregation
     from shoal.strategy.base import Strategy
     from shoal.strategy.server_opt import ServerOptimizer
+    from shoal.transforms.compress import Compressor
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -286,7 +289,10 @@ class PrivacyConfig:
     target_quantile: float = 0.5  # adaptive: the norm quantile C follows
     clip_lr: float = 0.2  # adaptive: geometric step size of C
     clip_count_stddev: float | None = None  # adaptive: noise on the clip count; None: expected cohort / 20
-    target_epsilon: float | None = None  # central: stop before epsilon would exceed this
+    target_epsilon: float | None = None  # central, distributed: stop before epsilon would exceed this
+    # distributed: a sum holding fewer devices' noise is not released; each device adds
+    # 1/min_clients of the variance, so min_clients of them give noise std z * clip_norm
+    min_clients: int = 2
     accountant: AccountantName = AccountantName.RDP  # rdp, or pld (tighter; Poisson sampling only)
     noise: NoiseName = NoiseName.SECURE  # "seeded" reproduces runs but must never protect real data
 
@@ -296,7 +302,7 @@ class PrivacyConfig:
         object.__setattr__(self, "noise", NoiseName(self.noise))
         if self.delta is not None and not 0.0 < self.delta < 1.0:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
-        self._central(100), self._local(100)  # the constructors check every value, in every mode
+        self._central(100), self._local(100), self._distributed(100)  # the constructors check every value
 
     def delta_for(self, num_clients: int | None) -> float:
         """delta as set, or 1 / N^1.1 for a population of N (None: a deployment's, unknown)."""
@@ -310,12 +316,29 @@ class PrivacyConfig:
         return math.pow(num_clients, -1.1)
 
     def build(self, num_clients: int | None) -> CentralDP | LocalDP | None:
-        """The DP transform for a population of ``num_clients`` (None: unknown), or None."""
+        """The DP transform for a population of ``num_clients`` (None: unknown), or None
+        (distributed DP is not a transform of its own: see :meth:`ring_encoder`)."""
         if self.mode is PrivacyMode.CENTRAL:
             return self._central(num_clients)
         if self.mode is PrivacyMode.LOCAL:
             return self._local(num_clients)
         return None
+
+    def ring_encoder(self, num_clients: int | None) -> DistributedDP | None:
+        """Distributed DP's encoder for secure aggregation's ring, or None."""
+        return self._distributed(num_clients) if self.mode is PrivacyMode.DISTRIBUTED else None
+
+    def _distributed(self, num_clients: int | None) -> DistributedDP:
+        from shoal.privacy.distributed import DistributedDP
+
+        return DistributedDP(
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+            min_clients=self.min_clients,
+            delta=self.delta_for(num_clients),
+            target_epsilon=self.target_epsilon,
+            noise=self.noise,
+        )
 
     def _local(self, num_clients: int | None) -> LocalDP:
         from shoal.privacy.local import LocalDP
@@ -347,19 +370,26 @@ class SecAggConfig:
     # al. 2017 prove against an active server (t > 2k/3), checked by SecureAggregation
     threshold: float = 2 / 3
     degree: int | None = None  # secagg+: graph degree (None: about 3 log2 of the cohort)
+    # inputs are masked and summed mod 2^ring_bits and sent at ring_bits a coordinate (8..32):
+    # 16 halves the upload; below 32, fixed point rounds stochastically (unbiased)
+    ring_bits: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", SecAggMode(self.mode))
         from shoal.secagg.transform import SecureAggregation
 
-        SecureAggregation(bound=self.bound, threshold=self.threshold)  # checks the values
+        SecureAggregation(bound=self.bound, threshold=self.threshold, ring_bits=self.ring_bits)  # checks
 
-    def build(self) -> SecureAggregation | None:
+    def build(self, encoder: RingEncoder | None = None) -> SecureAggregation | None:
+        """The transform, encoding with ``encoder`` (None: fixed point at ``bound``)."""
         if self.mode is SecAggMode.NONE:
             return None
         from shoal.secagg.transform import SecureAggregation
 
-        return SecureAggregation(self.bound, self.threshold, self.mode is SecAggMode.SECAGG_PLUS, self.degree)
+        plus = self.mode is SecAggMode.SECAGG_PLUS
+        return SecureAggregation(
+            self.bound, self.threshold, plus, self.degree, ring_bits=self.ring_bits, encoder=encoder
+        )
 
 
 @dataclass(frozen=True)
@@ -379,6 +409,87 @@ class HEConfig:
         return HomomorphicAggregation(KeyAuthority(params))
 
 
+_SPARSE = (CompressorName.TOP_K, CompressorName.RANDOM_MASK)
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    # how each update travels to the server (bench/compression.py measures what each costs):
+    # none, half (float16), quantize (`bits` a value), top-k and random-mask (`keep_fraction` of
+    # the values), sign (1 bit a value), powersgd (rank-`rank` factors of each weight matrix)
+    uplink: CompressorName = CompressorName.NONE
+    bits: int = 4  # quantize: 8, 4, 2 or 1
+    keep_fraction: float = 0.01  # top-k, random-mask: share of the values sent, at most 0.5
+    # top-k, random-mask: how the kept values travel: none (float32), half, quantize (`bits`
+    # each; unbiased, so not with error feedback) or sign (1 bit and a scale a block)
+    values: CompressorName = CompressorName.NONE
+    rank: int = 4  # powersgd: factor rank; layers the factors would not shrink travel dense
+    block: int = 1024  # quantize, sign: values sharing one range or scale
+    stochastic: bool = True  # quantize: unbiased random rounding; false: the nearest level
+    # the device adds what its earlier uploads left out before compressing; None: on for
+    # the biased codecs (top-k, sign, powersgd), off for the unbiased ones
+    error_feedback: bool | None = None
+    # how the model travels to the devices: none (float32), half, or quantize (8 bits,
+    # nearest level); devices train from what they received
+    downlink: CompressorName = CompressorName.NONE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uplink", CompressorName(self.uplink))
+        object.__setattr__(self, "downlink", CompressorName(self.downlink))
+        object.__setattr__(self, "values", CompressorName(self.values))
+        dense = (CompressorName.NONE, CompressorName.HALF, CompressorName.QUANTIZE)
+        if self.downlink not in dense:
+            raise ConfigError(
+                f"compression.downlink is {self.downlink.value!r}; the model travels as none, half or "
+                "quantize (a sparse or low-rank model would be a different model, not a compressed one)"
+            )
+        if self.values not in (*dense, CompressorName.SIGN):
+            raise ConfigError(
+                f"compression.values is {self.values.value!r}; choose none, half, quantize or sign"
+            )
+        if self.values is not CompressorName.NONE and self.uplink not in _SPARSE:
+            raise ConfigError(
+                "compression.values encodes the values top-k or random-mask keep: set uplink to one of "
+                "them, or use uplink = 'quantize' (or 'half') for the whole update"
+            )
+        if self.error_feedback is not None and self.uplink is CompressorName.NONE:
+            raise ConfigError("compression.error_feedback needs a compressor: set compression.uplink")
+        self.build(((1,),))  # the constructors check every value
+
+    def build(self, shapes: Sequence[tuple[int, ...]]) -> Compressor | None:
+        """The uplink codec for a model of these tensor shapes (None: float32)."""
+        from shoal.transforms import (
+            HalfPrecision,
+            PowerSGD,
+            RandomMask,
+            SignCompression,
+            StochasticQuantization,
+            TopK,
+        )
+
+        kw: dict[str, Any] = {} if self.error_feedback is None else {"error_feedback": self.error_feedback}
+
+        def quantize(**more: Any) -> StochasticQuantization:
+            return StochasticQuantization(self.bits, self.block, self.stochastic, **more)
+
+        codecs: dict[CompressorName, Callable[[], Compressor]] = {
+            CompressorName.HALF: HalfPrecision,
+            CompressorName.QUANTIZE: quantize,
+            CompressorName.SIGN: lambda: SignCompression(self.block),
+        }
+        value_codec = codecs.get(self.values)
+        sparse = {**kw, "values": value_codec() if value_codec else None}
+        table: dict[CompressorName, Callable[[], Compressor]] = {
+            CompressorName.HALF: lambda: HalfPrecision(**kw),
+            CompressorName.QUANTIZE: lambda: quantize(**kw),
+            CompressorName.TOP_K: lambda: TopK(self.keep_fraction, **sparse),
+            CompressorName.RANDOM_MASK: lambda: RandomMask(self.keep_fraction, **sparse),
+            CompressorName.SIGN: lambda: SignCompression(self.block, **kw),
+            CompressorName.POWERSGD: lambda: PowerSGD(self.rank, tuple(shapes), **kw),
+        }
+        return None if self.uplink is CompressorName.NONE else table[self.uplink]()
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # 30 rounds of 10 clients x 5 epochs on the MNIST subset reach ~95% in about a minute.
@@ -388,7 +499,7 @@ class RunConfig:
     cohort_size: int = 32  # vectorized backend: clients trained at once; small keeps weights in cache
     ray_address: str | None = None  # backend = "ray": None starts a local Ray; "auto" or "ray://host:10001"
     ray_workers: int = 2  # backend = "ray": actors, each holding a fixed share of the clients
-    transforms: tuple[TransformName | Ref, ...] = ()  # built-in names or "package.module:MyTransform"
+    transforms: tuple[Ref, ...] = ()  # your own update transforms: "package.module:MyTransform"
     # your client app: an app builder, or a function (model, trainer) -> ClientApp;
     # None: the [trainer] table's TorchTrainer
     client: Ref | None = None
@@ -405,13 +516,16 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     he: HEConfig = field(default_factory=HEConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         _at_least("rounds", self.rounds, 1)
         _at_least("cohort_size", self.cohort_size, 1)
         _at_least("ray_workers", self.ray_workers, 1)
         object.__setattr__(
-            self, "transforms", tuple(named("transforms", t, TransformName) for t in self.transforms)
+            self,
+            "transforms",
+            tuple(t if isinstance(t, Ref) else Ref.parse("transforms", t) for t in self.transforms),
         )
         if self.client is not None:
             object.__setattr__(self, "client", Ref.parse("client", self.client))

@@ -283,7 +283,7 @@ def device_for(
     else:
         view, cohort = experiment.server_data(cfg, load_test=False), MAX_DEPLOYED_COHORT
     model = experiment.model_factory(cfg, view)
-    transforms = experiment.build_transforms(cfg, experiment.population(view))
+    transforms = experiment.build_transforms(cfg, experiment.population(view), model)
     spec = ParamSpec.from_module(model())
     # a task carries the model and at most one more vector of its size (SCAFFOLD's control);
     # a secure-aggregation message, a share or key per peer

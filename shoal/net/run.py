@@ -86,7 +86,7 @@ def serve(
         data, sizes, enrolled = experiment.server_data(cfg), None, None
     model = experiment.model_factory(cfg, data)
     strategy = cfg.strategy.build(cfg.trainer.local_epochs)
-    transforms = experiment.build_transforms(cfg, experiment.population(data))
+    transforms = experiment.build_transforms(cfg, experiment.population(data), model)
     spec = ParamSpec.from_module(model())
     wanted = _cohort(cfg, data, min_clients)
     commit_fraction = experiment.over_select(strategy, wanted, cfg.strategy.over_selection)

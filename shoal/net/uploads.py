@@ -30,6 +30,7 @@ from shoal.messages import (
     encoded_size,
 )
 from shoal.runtime.validation import ResultLimits, check_claims, check_payload
+from shoal.transforms.downlink import model_size
 
 # A message's JSON header, metric names and values, a Failure's reason: all far below this.
 OVERHEAD_BYTES = 64 << 10
@@ -69,7 +70,9 @@ class UploadRules:
     check_payload: bool = True
 
     def params_of(self, task: TrainTask | EvalTask) -> int:
-        return self.num_params if self.num_params is not None else int(task.params.shape[0])
+        if self.num_params is not None:
+            return self.num_params
+        return model_size(task) if isinstance(task, TrainTask) else int(task.params.shape[0])
 
 
 def _non_finite(metrics: Mapping[str, Scalar]) -> str | None:

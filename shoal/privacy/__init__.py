@@ -4,6 +4,7 @@ from shoal.config.names import AccountantName
 from shoal.privacy.accounting import PrivacyLedger, calibrate_noise, epsilon
 from shoal.privacy.central import CentralDP
 from shoal.privacy.clipping import clip, l2_norm
+from shoal.privacy.distributed import DistributedDP
 from shoal.privacy.dp_sgd import DPSGD
 from shoal.privacy.local import LocalDP, local_epsilon
 from shoal.privacy.noise import SecureNoise, SeededNoise
@@ -14,6 +15,7 @@ __all__ = [
     "DPSGD",
     "AccountantName",
     "CentralDP",
+    "DistributedDP",
     "LocalDP",
     "NoiseName",
     "PrivacyLedger",

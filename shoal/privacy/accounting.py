@@ -112,6 +112,16 @@ def _check_delta(delta: float) -> None:
         raise ConfigError(f"delta must be in (0, 1), got {delta}; 1/N^1.1 for N clients is customary")
 
 
+def over_budget(after: float, target: float | None, delta: float, rounds: int) -> str | None:
+    """Why one more round must not run: it would take epsilon past ``target`` (None: it may)."""
+    if target is None or after <= target:
+        return None
+    return (
+        f"privacy budget: one more round would bring epsilon to {after:.3f} > target "
+        f"{target:g} (delta {delta:g}) after {rounds} rounds"
+    )
+
+
 class PrivacyLedger:
     """The rounds a run has released, composed as they happen, and epsilon so far.
 

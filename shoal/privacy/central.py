@@ -28,7 +28,7 @@ import numpy as np
 from shoal.config.names import AccountantName
 from shoal.errors import ConfigError
 from shoal.messages import Failure, FailureKind, Scalar, TrainResult
-from shoal.privacy.accounting import PrivacyLedger
+from shoal.privacy.accounting import PrivacyLedger, over_budget
 from shoal.privacy.clipping import clip
 from shoal.privacy.noise import NoiseSource, noise_source
 from shoal.rng import NoiseName
@@ -152,12 +152,7 @@ class CentralDP(UpdateTransform):
         if self.target_epsilon is None:
             return None
         after = self._ledger.epsilon(extra=ctx.sampling)
-        if after > self.target_epsilon:
-            return (
-                f"privacy budget: one more round would bring epsilon to {after:.3f} > target "
-                f"{self.target_epsilon:g} (delta {self.delta:g}) after {self._ledger.rounds_released} rounds"
-            )
-        return None
+        return over_budget(after, self.target_epsilon, self.delta, self._ledger.rounds_released)
 
     def state_dict(self) -> dict[str, Any]:
         return {"clip_norm": self.clip_norm, "ledger": self._ledger.state_dict()}

@@ -12,6 +12,13 @@ because no maintained Python package offers CSPRNG-backed Gaussian vectors for n
 
 Known limit: floating-point Gaussian samplers leak through their low-order bits
 (Mironov 2012); the defence (snapping or discrete Gaussians) is not implemented.
+
+Skellam noise (distributed DP: the difference of two Poissons, integers, so no low bits
+to leak) uses numpy's Poisson sampler. Secure: each call draws a fresh 256-bit key from
+the ChaCha20 stream for a PCG64DXSM generator and never reuses it. PCG64 is not a
+cryptographic generator (its state can be inferred from enough of its raw outputs), but
+no one sees its outputs: each device's noise leaves it masked and only its sum with the
+other devices' noise is ever unmasked. Seeded: from (run seed, round, client), as above.
 """
 
 from __future__ import annotations
@@ -29,6 +36,17 @@ class NoiseSource(Protocol):
     def normal(self, n: int, std: float, round: int, client_id: str = "") -> np.ndarray:
         """``n`` independent N(0, std^2) draws, float64."""
         ...
+
+    def skellam(self, n: int, variance: float, round: int, client_id: str = "") -> np.ndarray:
+        """``n`` independent symmetric Skellam draws of the given variance (int64):
+        Poisson(variance / 2) - Poisson(variance / 2)."""
+        ...
+
+
+def _skellam(rng: np.random.Generator, n: int, variance: float) -> np.ndarray:
+    pair = rng.poisson(variance / 2.0, (2, n)).astype(np.int64)
+    out: np.ndarray = pair[0] - pair[1]
+    return out
 
 
 class SecureNoise:
@@ -51,6 +69,10 @@ class SecureNoise:
         z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
         return z * std
 
+    def skellam(self, n: int, variance: float, round: int, client_id: str = "") -> np.ndarray:
+        key = int.from_bytes(self._stream.update(bytes(32)), "little")  # fresh, used once
+        return _skellam(np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence(key))), n, variance)
+
 
 class SeededNoise:
     """Reproducible noise from (run seed, round, client): for experiments, never for real data."""
@@ -60,6 +82,9 @@ class SeededNoise:
 
     def normal(self, n: int, std: float, round: int, client_id: str = "") -> np.ndarray:
         return generator(self.run_seed, round, Stream.DP_NOISE, client_id).normal(0.0, std, n)
+
+    def skellam(self, n: int, variance: float, round: int, client_id: str = "") -> np.ndarray:
+        return _skellam(generator(self.run_seed, round, Stream.DP_NOISE, f"skellam:{client_id}"), n, variance)
 
 
 def noise_source(name: NoiseName | str, run_seed: int) -> NoiseSource:

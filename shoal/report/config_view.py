@@ -15,7 +15,7 @@ from typing import Any
 import tomli_w
 
 from shoal.config import DatasetName, PrivacyMode, RunConfig, SecAggMode, StrategyName, to_dict
-from shoal.config.names import BackendName, ModelName, OptimizerName, Partition
+from shoal.config.names import BackendName, CompressorName, ModelName, OptimizerName, Partition
 
 # The key each partition reads beyond num_clients (iid reads none).
 _PARTITION_KEY = {
@@ -103,10 +103,33 @@ def _privacy_unused(cfg: RunConfig) -> set[str]:
             "clip_count_stddev",
             "target_epsilon",
             "accountant",
+            "min_clients",
         }
+    if p.mode is PrivacyMode.DISTRIBUTED:  # fixed clipping on the device, the Skellam ledger's own RDP
+        return {"adaptive_clipping", "target_quantile", "clip_lr", "clip_count_stddev", "accountant"}
     if not p.adaptive_clipping:
-        return {"target_quantile", "clip_lr", "clip_count_stddev"}
-    return set()
+        return {"target_quantile", "clip_lr", "clip_count_stddev", "min_clients"}
+    return {"min_clients"}
+
+
+# The keys each uplink codec reads beyond uplink, downlink and error_feedback.
+_CODEC_KEYS = {
+    CompressorName.QUANTIZE: {"bits", "block", "stochastic"},
+    CompressorName.TOP_K: {"keep_fraction", "values"},
+    CompressorName.RANDOM_MASK: {"keep_fraction", "values"},
+    CompressorName.SIGN: {"block"},
+    CompressorName.POWERSGD: {"rank"},
+}
+
+
+def _compression_used(cfg: RunConfig) -> set[str]:
+    c = cfg.compression
+    if c.uplink is CompressorName.NONE:
+        return {"uplink", "downlink"}
+    used = {"uplink", "downlink", "error_feedback"} | _CODEC_KEYS.get(c.uplink, set())
+    if c.values in (CompressorName.QUANTIZE, CompressorName.SIGN):  # how the kept values travel
+        used |= _CODEC_KEYS[c.values]
+    return used
 
 
 def applicable(cfg: RunConfig, backend_used: str | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -121,6 +144,7 @@ def applicable(cfg: RunConfig, backend_used: str | None = None) -> tuple[dict[st
             ("privacy", cfg.privacy.mode is PrivacyMode.NONE),
             ("secagg", cfg.secagg.mode is SecAggMode.NONE),
             ("he", not cfg.he.enabled),
+            ("compression", {cfg.compression.uplink, cfg.compression.downlink} == {CompressorName.NONE}),
         )
         if is_off
     ]
@@ -132,6 +156,7 @@ def applicable(cfg: RunConfig, backend_used: str | None = None) -> tuple[dict[st
         "eval": set() if cfg.eval.federated_eval_every else {"federated_eval_clients"},
         "privacy": _privacy_unused(cfg),
         "secagg": set() if cfg.secagg.mode is SecAggMode.SECAGG_PLUS else {"degree"},
+        "compression": set(full["compression"]) - _compression_used(cfg),
     }
     top = _top_unused(cfg, backend_used)
     shown: dict[str, Any] = {}

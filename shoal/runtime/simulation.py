@@ -40,6 +40,7 @@ from shoal.runtime.history import History, MetricsLog, Record
 from shoal.runtime.validation import ResultLimits, check_claims, check_payload
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.transforms.base import TransformContext, UpdateTransform, apply_server, clients_in
+from shoal.transforms.downlink import codec_for, compress_tasks
 
 Callback = Callable[[Record], None]
 StopCondition = Callable[[Record], bool]
@@ -75,6 +76,7 @@ class Simulation:
         out_dir: str | Path | None = None,
         params: np.ndarray | None = None,
         limits: ResultLimits | None = None,
+        downlink: str | None = None,
     ) -> None:
         if eval_every < 0 or federated_eval_every < 0 or federated_eval_clients < 1:
             raise ConfigError("eval_every and federated_eval_every must be >= 0, federated_eval_clients >= 1")
@@ -85,6 +87,9 @@ class Simulation:
             limits = ResultLimits(max_num_examples=max(max(data.sizes().values()), 1))
         self.limits = limits
         self.transforms = list(transforms)
+        if downlink is not None:
+            codec_for(downlink)  # an unknown codec is refused now, not mid-run
+        self.downlink = downlink  # how the model travels to devices (None: float32)
         # DP's amplification by sampling assumes nobody can tell who was picked
         self.secret_selection = any(t.secret_sampling() for t in self.transforms)
         self.eval_every, self.fed_every, self.fed_clients = (
@@ -214,6 +219,8 @@ class Simulation:
         try:
             available = self.available()
             tasks = self.strategy.configure_train(ctx, self.params, available)
+            if self.downlink is not None:  # what travels, and what bytes_down counts
+                tasks = compress_tasks(tasks, self.downlink)
             tctx = self._transform_context(ctx.round, len(available))  # one per round
             for t in self.transforms:  # e.g. secure aggregation's key stages with this cohort
                 t.begin_round(tctx, [task.client_id for task in tasks])
@@ -356,6 +363,7 @@ def simulate(
     resume: bool = False,
     params: np.ndarray | None = None,
     limits: ResultLimits | None = None,
+    downlink: str | None = None,
     callbacks: Sequence[Callback] = (),
     stop_when: StopCondition | None = None,
 ) -> History:
@@ -382,6 +390,7 @@ def simulate(
         out_dir=out_dir,
         params=params,
         limits=limits,
+        downlink=downlink,
     )
     if resume:
         sim.resume()

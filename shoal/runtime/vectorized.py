@@ -38,6 +38,7 @@ from shoal.params import ParamSpec, read_only_tensor
 from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.dense_cohort import dense_plan, train_dense
 from shoal.transforms.base import UpdateTransform
+from shoal.transforms.downlink import received
 
 # Layers whose forward is deterministic and free of running state: a cohort of these
 # matches sequential training exactly (dropout would draw different masks; BatchNorm
@@ -324,12 +325,13 @@ class VectorizedBackend(Backend):
             store = self._sequential.client_states
             states = [store.get(t.client_id) for t in chunk]
             try:
-                results = self._cohort.train(chunk, [self._data[t.client_id] for t in chunk], states)
+                models = [received(t) for t in chunk]  # a compressed model is decoded on the device
+                results = self._cohort.train(models, [self._data[t.client_id] for t in chunk], states)
             except Exception:
                 out += self._sequential.train(chunk)
                 continue
-            for t, r, state in zip(chunk, results, states, strict=True):
-                done = finish_train(t, r, self._transforms, self._run_seed)
+            for t, r, state in zip(models, results, states, strict=True):
+                done = finish_train(t, r, self._transforms, self._run_seed, state)
                 if isinstance(done, TrainResult):
                     store.stage(t.client_id, state)
                 out.append(done)

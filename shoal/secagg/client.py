@@ -41,6 +41,7 @@ from shoal.secagg.crypto import (
     encode,
     mask,
     open_sealed,
+    ring_mask,
     seal,
     verify,
 )
@@ -168,22 +169,35 @@ class SecAggClient:
         r.held, r.sharers = held, tuple(sorted(sharers))
         return Ready(me).pack()
 
+    @property
+    def setup(self) -> Setup:
+        """The round's setup (its ring, scale and dimension), once this client may mask."""
+        return self._state(Stage.MASKED).setup
+
     def masked_input(self, values: np.ndarray) -> bytes:
-        """Stage 2: the input, in fixed point (clamped to the round's bound), under the
-        self-mask and the pairwise masks."""
+        """Stage 2: the input under the self-mask and the pairwise masks, mod 2^ring_bits.
+        ``values`` are ring elements (uint32 below 2^ring_bits, from an encoder), or floats
+        put in fixed point here (clamped to the round's bound, rounded to nearest)."""
         r = self._state(Stage.MASKED)
         if not r.sharers:
             raise ProtocolError("masked input before the shares were delivered")
         setup = r.setup
         if values.shape != (setup.dimension,):
             raise ValueError(f"secure aggregation expects a vector of {setup.dimension}, got {values.shape}")
-        encoded = values if values.dtype == np.uint32 else encode(values, setup.bound, setup.scale)
+        if values.dtype == np.uint32:
+            if (values > ring_mask(setup.ring_bits)).any():
+                raise ValueError(f"ring elements must be below 2^{setup.ring_bits}")
+            encoded = values
+        elif setup.bound * setup.scale >= 2 ** (setup.ring_bits - 1):
+            raise ProtocolError(f"bound x scale leaves the {setup.ring_bits}-bit ring")
+        else:
+            encoded = encode(values, setup.bound, setup.scale, setup.ring_bits)
         y = encoded + mask(r.b, setup.dimension)
         for v in r.sharers:
             pair = mask(r.seeds[v], setup.dimension)
             y = y + pair if sign_of(setup.index, v) > 0 else y - pair
         r.stage = Stage.CONSISTENCY
-        return Masked(setup.index, y).pack()
+        return Masked(setup.index, y & ring_mask(setup.ring_bits), setup.ring_bits).pack()
 
     def _sign(self, message: bytes) -> bytes:
         """Round 3, ConsistencyCheck: sign the U3 the server announces, once."""

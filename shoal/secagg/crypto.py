@@ -9,13 +9,17 @@
   redirect a share.
 - Masks: AES-256-CTR keystream from the full 32-byte seed, read as little-endian uint32
   (a PRG: masks from seeds that agree on any prefix are unrelated).
-- Fixed-point: a float update in ``[-B, B]`` becomes ``round(x * scale) mod 2^32``; with
-  ``scale = floor((2^31 - 1) / (n B))`` the sum of n clients never wraps, so the signed
-  reading of the masked sum is exact. Resolution is ``1 / scale`` (about 5e-9 x n B).
+- Fixed-point: a float update in ``[-B, B]`` becomes ``round(x * scale) mod 2^R`` in a ring
+  of ``R`` bits (32 unless the run narrows it, 8 at least); with ``scale`` the largest
+  power of two at or below ``(2^(R-1) - 1) / (n B)`` the sum of n clients never wraps, so the
+  signed reading of the masked sum is exact. Resolution is ``1 / scale`` (about 5e-9 x n B
+  at 32 bits, 2^(32-R) times coarser at R). Masks are drawn as uint32 and used mod 2^R:
+  the low R bits of a uniform word are uniform.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -27,7 +31,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-RING_BITS = 32
+RING_BITS = 32  # the widest ring, and the default
+MIN_RING_BITS = 8  # below this no cohort keeps a useful grid
 KEY_BYTES = 32
 
 
@@ -111,23 +116,52 @@ def mask(seed: bytes, length: int) -> np.ndarray:
     return np.frombuffer(encryptor.update(bytes(4 * length)), dtype="<u4").copy()
 
 
-def fixed_point_scale(num_clients: int, bound: float) -> float:
-    """The largest power-of-two scale at which ``num_clients`` values in ``[-bound, bound]``
-    sum without leaving the signed 32-bit range."""
+def ring_mask(bits: int) -> np.uint32:
+    """``2^bits - 1``: ``x & ring_mask(bits)`` is ``x mod 2^bits`` for uint32 ``x``."""
+    return np.uint32((1 << bits) - 1)
+
+
+def fixed_point_scale(num_clients: int, bound: float, bits: int = RING_BITS) -> float:
+    """The largest power-of-two scale at which ``num_clients`` values in ``[-bound, bound]``,
+    each rounded up or down to the grid, sum without leaving the signed ``bits``-bit range."""
     if num_clients < 1 or not bound > 0:
         raise ValueError("fixed point needs num_clients >= 1 and bound > 0")
-    limit = (2 ** (RING_BITS - 1) - 1) / (num_clients * bound)
+    top = 2 ** (bits - 1) - 1
+    limit = top / (num_clients * bound)
     if limit < 1:
-        raise ValueError(f"{num_clients} clients with values up to {bound} overflow a {RING_BITS}-bit ring")
-    return float(2 ** int(np.floor(np.log2(limit))))
+        raise ValueError(f"{num_clients} clients with values up to {bound} overflow a {bits}-bit ring")
+    scale = float(2 ** int(np.floor(np.log2(limit))))
+    if num_clients * math.ceil(bound * scale) > top:  # a value at the bound may round up a step
+        scale /= 2
+    return scale
 
 
-def encode(values: np.ndarray, bound: float, scale: float) -> np.ndarray:
-    """Floats clamped to ``[-bound, bound]`` as ring elements (uint32, two's complement)."""
-    clamped = np.clip(values.astype(np.float64), -bound, bound)
-    return np.round(clamped * scale).astype(np.int64).astype(np.uint32)
+def encode(
+    values: np.ndarray,
+    bound: float,
+    scale: float,
+    bits: int = RING_BITS,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Floats clamped to ``[-bound, bound]`` as ring elements (uint32 below ``2^bits``, two's
+    complement). With ``rng``, stochastic rounding: ``x`` goes to the grid point above with
+    probability equal to how far it is past the one below, so ``E[decode] = x`` exactly;
+    without, to the nearest grid point."""
+    scaled = np.clip(values.astype(np.float64), -bound, bound) * scale
+    if rng is None:
+        grid = np.round(scaled)
+    else:
+        below = np.floor(scaled)
+        grid = below + (rng.random(scaled.shape) < scaled - below)
+    return grid.astype(np.int64).astype(np.uint32) & ring_mask(bits)
 
 
-def decode(total: np.ndarray, scale: float) -> np.ndarray:
+def signed(total: np.ndarray, bits: int = RING_BITS) -> np.ndarray:
+    """A ring element read as a signed integer in ``[-2^(bits-1), 2^(bits-1))`` (int64)."""
+    wide = total.astype(np.uint32).astype(np.int64)
+    return np.where(wide >= 1 << (bits - 1), wide - (1 << bits), wide)
+
+
+def decode(total: np.ndarray, scale: float, bits: int = RING_BITS) -> np.ndarray:
     """A ring sum read as signed integers, back to floats."""
-    return (total.astype(np.uint32).view(np.int32).astype(np.float64) / scale).astype(np.float32)
+    return (signed(total, bits).astype(np.float64) / scale).astype(np.float32)

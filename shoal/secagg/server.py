@@ -30,7 +30,17 @@ from shoal.secagg.common import (
     secure_threshold,
     sign_of,
 )
-from shoal.secagg.crypto import KEY_BYTES, KeyPair, agree, mask, usable_exchange_key, verify
+from shoal.secagg.crypto import (
+    KEY_BYTES,
+    MIN_RING_BITS,
+    RING_BITS,
+    KeyPair,
+    agree,
+    mask,
+    ring_mask,
+    usable_exchange_key,
+    verify,
+)
 from shoal.secagg.wire import (
     Consistency,
     Deliver,
@@ -76,6 +86,7 @@ class SecAggServer:
     channel: Channel
     bound: float = 1.0  # inputs are clamped to [-bound, bound] before fixed-point encoding
     scale: float = 1.0  # fixed-point scale (see crypto.fixed_point_scale)
+    ring_bits: int = RING_BITS  # inputs are summed mod 2^ring_bits; each is read at that width
     log: list[tuple[str, bytes]] = field(default_factory=list)
     dropped_reasons: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +98,8 @@ class SecAggServer:
                 "satisfy 2k/3 < t <= k (Bonawitz et al. 2017, Section 6, active server), "
                 f"here t >= {2 * smallest // 3 + 1}"
             )
+        if not MIN_RING_BITS <= self.ring_bits <= RING_BITS:
+            raise ConfigError(f"ring_bits must be in [{MIN_RING_BITS}, {RING_BITS}], got {self.ring_bits}")
         self.index = {cid: i + 1 for i, cid in enumerate(self.clients)}
         self.by_index = {i: cid for cid, i in self.index.items()}
         self.keys: dict[int, PeerKeys] = {}
@@ -144,7 +157,7 @@ class SecAggServer:
         seen: set[bytes] = set()
         for i in self.by_index:
             setup = Setup(self.round, i, self.threshold, self.dimension, tuple(self.graph[i]),
-                          self.bound, self.scale)  # fmt: skip
+                          self.bound, self.scale, self.ring_bits)  # fmt: skip
             f = self._ask(i, setup.pack(), read_advertise)
             if f is None:
                 continue
@@ -207,7 +220,7 @@ class SecAggServer:
                     seed = agree(key.private, self.keys[w].s_pk, agreement_context(self.round, "mask", v, w))
                     pair = mask(seed, self.dimension)
                     total = total - pair if sign_of(w, v) > 0 else total + pair
-        return total
+        return total & ring_mask(self.ring_bits)  # uint32 wraps mod 2^32, which 2^R divides
 
     def _masked_inputs(self, masked: Mapping[str, bytes]) -> dict[int, np.ndarray]:
         inputs: dict[int, np.ndarray] = {}
@@ -217,7 +230,7 @@ class SecAggServer:
                 continue
             self.log.append((cid, message))
             try:
-                m = read_masked(message, self.dimension)
+                m = read_masked(message, self.dimension, self.ring_bits)
             except WireFormatError as exc:
                 self._drop(i, f"malformed masked input: {exc}")
                 continue

@@ -7,6 +7,11 @@ strategy one result, the uniform mean of the survivors' updates (SecAgg sums; we
 would need bounding, as in Bonawitz et al. and DP-FedAvg). If too few clients stay at
 any stage the round is abandoned with the reason and the model stays as it was.
 
+What goes into the ring is the encoder's business (:mod:`.encoding`): fixed point by
+default, or distributed DP's clipped, rotated, noised integers. ``ring_bits`` narrows the
+ring from 32 bits: masks, inputs and the sum live mod 2^R and each masked input travels
+packed at R bits a coordinate, so the upload shrinks by 32 / R.
+
 In simulation the devices' protocol halves live in this object (``channel.devices``) and
 the server reaches them through an in-process channel of the same bytes a network would
 carry; ``channel.vanish`` lets tests and benchmarks make clients drop at a chosen stage.
@@ -34,7 +39,8 @@ from shoal.secagg.common import (
     secagg_plus_degree,
     threshold_for,
 )
-from shoal.secagg.crypto import decode, fixed_point_scale
+from shoal.secagg.crypto import MIN_RING_BITS, RING_BITS
+from shoal.secagg.encoding import FixedPoint, Ring, RingEncoder
 from shoal.secagg.server import SecAggServer
 from shoal.secagg.wire import kind_of
 from shoal.transforms.base import TransformContext, UpdateTransform, merged_result
@@ -101,19 +107,32 @@ class SecureAggregation(UpdateTransform):
     and the server chooses the graph; Bell et al. 2020 analyse that setting separately.
     """
 
-    bound: float = 1.0  # every update coordinate is clamped to [-bound, bound] (clip first)
+    bound: float = 1.0  # fixed point: every update coordinate is clamped to [-bound, bound] (clip first)
     threshold: float = ACTIVE_BOUND  # share of each neighbourhood that must stay; >= 2/3 (above)
     plus: bool = False  # SecAgg+: masks and shares along a random O(log n)-regular graph
     degree: int | None = None  # SecAgg+ graph degree; None: about 3 log2(n)
     # How the server reaches devices: the in-process LocalDevices in simulation (it also
     # holds a real device's own protocol half), the network backend's channel in deployment.
     channel: Any = field(default_factory=LocalDevices)
+    # Z_2^ring_bits: 32 as always; fewer bits send fewer bytes, on a coarser grid
+    ring_bits: int = RING_BITS
+    # float update <-> ring; None: fixed point at ``bound``, rounding stochastically below
+    # 32 bits (encoding.py says why); distributed DP brings its own (privacy/distributed.py)
+    encoder: RingEncoder | None = None
     _server: SecAggServer | None = field(default=None, init=False, repr=False)
+    _ring: Ring | None = field(default=None, init=False, repr=False)
     _metrics: dict[str, Scalar] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.bound > 0:
             raise ConfigError(f"secure aggregation bound must be > 0, got {self.bound}")
+        if not MIN_RING_BITS <= self.ring_bits <= RING_BITS:
+            raise ConfigError(
+                f"secure aggregation ring_bits must be in [{MIN_RING_BITS}, {RING_BITS}], "
+                f"got {self.ring_bits}"
+            )
+        if self.encoder is None:
+            self.encoder = FixedPoint(self.bound, stochastic=self.ring_bits < RING_BITS)
         if not ACTIVE_BOUND <= self.threshold < 1:
             raise ConfigError(
                 f"secure aggregation threshold must be in [2/3, 1), got {self.threshold}: a secret needs "
@@ -134,10 +153,12 @@ class SecureAggregation(UpdateTransform):
             graph = complete_graph(n)
         smallest = min(len(v) for v in graph.values())
         t = threshold_for(smallest, self.threshold)
+        encoder = self._encoder()
+        self._ring = ring = Ring(self.ring_bits, encoder.scale(n, self.ring_bits, ctx.num_params))
         self.channel.open_round(client_ids)
         self._server = SecAggServer(
-            ctx.round, list(client_ids), t, ctx.num_params, graph, self.channel, self.bound,
-            fixed_point_scale(n, self.bound),
+            ctx.round, list(client_ids), t, encoder.dimension(ctx.num_params), graph, self.channel,
+            encoder.bound, ring.scale, ring.bits,
         )  # fmt: skip
         try:
             self._server.setup()
@@ -152,15 +173,18 @@ class SecureAggregation(UpdateTransform):
             raise ValueError("this client holds no secure-aggregation keys for the round")
         if self.channel.gone(result.client_id, Stage.MASKED):
             raise ConnectionError("dropped before sending its masked input")
-        message = device.masked_input(result.payload["delta"])
+        setup = device.setup  # the ring as the server set it (a device has no begin_round)
+        ring = Ring(setup.ring_bits, setup.scale)
+        encoded = self._encoder().encode(result.payload["delta"], ring, ctx, result.client_id)
+        message = device.masked_input(encoded)
         return replace(result, payload={MASKED: np.frombuffer(message, dtype=np.uint8)})
 
     # -- on the server: only the sum is ever unmasked -----------------------------------------
     def server_apply(
         self, results: Sequence[TrainResult], ctx: TransformContext
     ) -> list[TrainResult | Failure]:
-        server = self._server
-        if server is None or server.round != ctx.round:
+        server, ring, encoder = self._server, self._ring, self._encoder()
+        if server is None or ring is None or server.round != ctx.round:
             return [
                 Failure(r.round, r.client_id, FailureKind.REJECTED, "no secure-aggregation round")
                 for r in results
@@ -180,14 +204,24 @@ class SecureAggregation(UpdateTransform):
             return out + lost
         self._metrics.update(secagg_bytes_down=server.bytes_sent, secagg_bytes_up=server.bytes_received)
         counted = [r for r in results if r.client_id in masked and r.client_id in server.survivors_of_input]
-        mean = decode(total, server.scale) / np.float32(len(counted))
+        if reason := encoder.refusal(len(counted), ring, ctx):  # e.g. too little DP noise survived
+            return out + [Failure(r.round, r.client_id, FailureKind.DROPPED, reason) for r in counted]
+        mean = encoder.decode(total, len(counted), ring, ctx)
         return [merged_result(ctx.round, "secagg-aggregate", counted, mean), *out]
 
+    def _encoder(self) -> RingEncoder:
+        assert self.encoder is not None  # set in __post_init__
+        return self.encoder
+
     def round_metrics(self) -> dict[str, Scalar]:
-        return dict(self._metrics)
+        return {**self._metrics, **self._encoder().round_metrics()}
+
+    def stop_reason(self, ctx: TransformContext) -> str | None:
+        return self._encoder().stop_reason(ctx, self.ring_bits)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # keys are fresh every round; nothing carries over
+        # keys are fresh every round; only the encoder may carry state (a DP ledger)
+        return self._encoder().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self._encoder().load_state_dict(state)

@@ -1,10 +1,13 @@
 """The byte format of secure-aggregation messages, and one validated reader per message kind.
 
-``b"SAG1" | u32 header length | JSON header | raw uint32 vector (optional)``. Byte strings
-in the header travel as hex. :func:`unpack` checks the magic, the lengths, the kind and
-the vector's size; each ``read_<kind>`` then checks every field (types, sizes, ranges,
-duplicates) and returns a frozen dataclass, so neither protocol half ever indexes an
-unchecked JSON value. Anything wrong is a :class:`WireFormatError` naming the field.
+``b"SAG1" | u32 header length | JSON header | vector (optional)``. Byte strings in the
+header travel as hex. The vector is raw little-endian uint32, or, in a ring of ``R < 32``
+bits, its entries' low ``R`` bits packed end to end (least significant first, the last
+byte's spare bits zero): ``ceil(n R / 8)`` bytes, with ``"bits": R`` in the header.
+:func:`unpack` checks the magic, the lengths, the kind and the vector's size and width;
+each ``read_<kind>`` then checks every field (types, sizes, ranges, duplicates) and
+returns a frozen dataclass, so neither protocol half ever indexes an unchecked JSON
+value. Anything wrong is a :class:`WireFormatError` naming the field.
 
 Kinds, in protocol order (server -> client, then the answer; Bonawitz et al. 2017, Fig. 4):
 ``setup -> advertise``, ``roster -> shares``, ``deliver -> ready``, (``masked``, sent with
@@ -28,6 +31,7 @@ from shoal.secagg.shamir import PRIME, SHARE_BYTES
 MAGIC = b"SAG1"
 MAX_HEADER = 64 * 2**20  # share lists of a few thousand clients fit easily
 MAX_INDEX = 2**32 - 1  # client indices are Shamir points in [1, 2^32)
+RING_BITS, MIN_RING_BITS = 32, 8  # the ring of masked inputs: Z_2^R (crypto.RING_BITS)
 KEY_BYTES = 32  # X25519 and Ed25519 public keys, SHA-256 commitments
 SIGNATURE_BYTES = 64  # Ed25519
 SHARE_BODY_BYTES = 8 + 2 * SHARE_BYTES  # sender u32 | recipient u32 | share of s | share of b
@@ -35,11 +39,38 @@ SEALED_BYTES = 12 + SHARE_BODY_BYTES + 16  # AES-GCM nonce | ciphertext | tag
 
 
 # -- framing -------------------------------------------------------------------------------
-def pack(kind: str, fields: dict[str, Any], vector: np.ndarray | None = None) -> bytes:
-    header = json.dumps(
-        {"kind": kind, "fields": fields, "n": 0 if vector is None else int(vector.size)}
-    ).encode()
-    body = b"" if vector is None else np.ascontiguousarray(vector, dtype="<u4").tobytes()
+def pack_bits(vector: np.ndarray, bits: int) -> bytes:
+    """The low ``bits`` of each uint32 entry, end to end, least significant bit first."""
+    words = np.ascontiguousarray(vector, dtype="<u4").view(np.uint8).reshape(-1, 4)
+    # (n, 4) bytes -> (n, 32) bits, low first -> keep (n, bits) -> one stream
+    spread = np.unpackbits(words, axis=1, bitorder="little")[:, :bits]
+    return np.packbits(spread.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(body: bytes, bits: int, n: int) -> np.ndarray:
+    """The ``n`` uint32 entries :func:`pack_bits` made; WireFormatError unless the body is
+    exactly ``ceil(n bits / 8)`` bytes with zero spare bits (one encoding per vector)."""
+    if len(body) != -(-n * bits // 8):
+        raise WireFormatError(f"a vector of {n} entries at {bits} bits is {-(-n * bits // 8)} bytes")
+    stream = np.unpackbits(np.frombuffer(body, np.uint8), bitorder="little")
+    if stream[n * bits :].any():
+        raise WireFormatError("the packed vector's spare bits are not zero")
+    spread = np.zeros((n, 32), np.uint8)
+    spread[:, :bits] = stream[: n * bits].reshape(n, bits)
+    return np.packbits(spread, axis=1, bitorder="little").reshape(-1).view("<u4").astype(np.uint32)
+
+
+def pack(kind: str, fields: dict[str, Any], vector: np.ndarray | None = None, bits: int = RING_BITS) -> bytes:
+    head: dict[str, Any] = {"kind": kind, "fields": fields, "n": 0 if vector is None else int(vector.size)}
+    if bits != RING_BITS:  # absent: 32, the format before rings could narrow
+        head["bits"] = bits
+    header = json.dumps(head).encode()
+    if vector is None:
+        body = b""
+    elif bits == RING_BITS:
+        body = np.ascontiguousarray(vector, dtype="<u4").tobytes()
+    else:
+        body = pack_bits(vector, bits)
     return MAGIC + struct.pack("<I", len(header)) + header + body
 
 
@@ -72,15 +103,22 @@ def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     return header, data[8 + size :]
 
 
-def unpack(data: bytes, kind: str, max_vector: int = 2**31) -> tuple[dict[str, Any], np.ndarray | None]:
-    """The (unchecked) fields and vector of a ``kind`` message; prefer the ``read_*`` functions."""
+def unpack(
+    data: bytes, kind: str, max_vector: int = 2**31, bits: int = RING_BITS
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The (unchecked) fields and vector of a ``kind`` message, whose vector must be packed at
+    ``bits`` per entry; prefer the ``read_*`` functions."""
     header, body = _split(data)
     if header["kind"] != kind or not isinstance(header.get("fields"), dict):
         raise WireFormatError(f"expected a {kind!r} message, got {header['kind']!r}")
+    if header.get("bits", RING_BITS) != bits or ("bits" in header and bits == RING_BITS):
+        raise WireFormatError(f"{kind}: the vector must be packed at {bits} bits an entry")
     n = header.get("n")
-    if type(n) is not int or n < 0 or n > max_vector or len(body) != 4 * n:
+    if type(n) is not int or n < 0 or n > max_vector or len(body) != -(-n * bits // 8):
         raise WireFormatError(f"{kind}: vector length does not match its header")
-    vector = np.frombuffer(body, dtype="<u4").copy() if n else None
+    if not n:
+        return header["fields"], None
+    vector = np.frombuffer(body, dtype="<u4").copy() if bits == RING_BITS else unpack_bits(body, bits, n)
     return header["fields"], vector
 
 
@@ -165,11 +203,15 @@ class Setup:
     neighbors: tuple[int, ...]
     bound: float
     scale: float
+    ring_bits: int = RING_BITS  # inputs are masked and summed mod 2^ring_bits
 
     def pack(self) -> bytes:
         s = self  # field by field: dataclasses.asdict deep-copies, a cost per client per round
-        fields = {"round": s.round, "index": s.index, "threshold": s.threshold, "dimension": s.dimension}
-        return pack("setup", {**fields, "neighbors": list(s.neighbors), "bound": s.bound, "scale": s.scale})
+        fields: dict[str, Any] = {"round": s.round, "index": s.index, "threshold": s.threshold}
+        fields.update(dimension=s.dimension, neighbors=list(s.neighbors), bound=s.bound, scale=s.scale)
+        if s.ring_bits != RING_BITS:  # absent: 32 (the message is unchanged for the default ring)
+            fields["ring_bits"] = s.ring_bits
+        return pack("setup", fields)
 
 
 def read_setup(data: bytes) -> Setup:
@@ -182,11 +224,12 @@ def read_setup(data: bytes) -> Setup:
         _indices(_get(f, "neighbors"), "neighbors"),
         _float(_get(f, "bound"), "bound"),
         _float(_get(f, "scale"), "scale"),
+        _int(f.get("ring_bits", RING_BITS), "ring_bits", MIN_RING_BITS, RING_BITS),
     )
     if s.index in s.neighbors:
         raise WireFormatError("a client cannot be its own neighbour")
-    if s.bound * s.scale >= 2**31:  # fixed point must fit a signed 32-bit entry
-        raise WireFormatError("bound x scale leaves the 32-bit ring")
+    # (whether bound x scale fits the ring is checked where floats are encoded with them:
+    # an encoder that rotates first, as distributed DP's does, keeps entries far below it)
     return s
 
 
@@ -288,17 +331,20 @@ def read_ready(data: bytes) -> Ready:
 @dataclass(frozen=True)
 class Masked:
     index: int
-    vector: np.ndarray  # (dimension,) uint32: the input under its masks
+    vector: np.ndarray  # (dimension,) uint32 below 2^bits: the input under its masks
+    bits: int = RING_BITS  # packed at this many bits an entry: dimension * bits / 8 bytes
 
     def pack(self) -> bytes:
-        return pack("masked", {"index": self.index}, self.vector)
+        return pack("masked", {"index": self.index}, self.vector, self.bits)
 
 
-def read_masked(data: bytes, dimension: int) -> Masked:
-    f, y = unpack(data, "masked", max_vector=dimension)
+def read_masked(data: bytes, dimension: int, bits: int = RING_BITS) -> Masked:
+    """A masked input of exactly ``dimension`` entries at ``bits`` each (so every entry is
+    below ``2^bits`` by construction)."""
+    f, y = unpack(data, "masked", max_vector=dimension, bits=bits)
     if y is None or y.shape != (dimension,):
         raise WireFormatError(f"masked input must hold {dimension} entries")
-    return Masked(_int(_get(f, "index"), "index", 1, MAX_INDEX), y)
+    return Masked(_int(_get(f, "index"), "index", 1, MAX_INDEX), y, bits)
 
 
 @dataclass(frozen=True)

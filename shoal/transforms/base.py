@@ -40,6 +40,9 @@ class TransformContext:
     run_seed: int
     num_params: int
     sampling: Sampling | None = None  # how the round picked its clients (None on the device)
+    # On the device: the client's working state (changed in place, kept when the server
+    # counts the result), where error feedback keeps its residual. None on the server.
+    state: dict[str, np.ndarray] | None = None
 
 
 def merged_result(round: int, name: str, counted: Sequence[TrainResult], delta: np.ndarray) -> TrainResult:

@@ -248,8 +248,22 @@ def test_fuzzed_and_type_confused_uploads_never_hurt_the_server(served, certs, f
     assert isinstance(out, TrainResult)  # and the server still serves an honest round
 
 
-def test_scaffold_state_lives_on_devices_and_survives_their_restart(
-    served, certs, fed_digits, small_mlp, tmp_path
+def top_k():
+    from shoal.transforms import TopK
+
+    return [TopK(0.05)]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "transforms", "downlink"),
+    [
+        (lambda: shoal.Scaffold(clients_per_round=3), list, None),  # SCAFFOLD's c_i
+        (lambda: shoal.FedAvg(clients_per_round=3), top_k, "quantize"),  # residuals; compressed both ways
+    ],
+    ids=["scaffold", "top-k-error-feedback"],
+)
+def test_client_state_lives_on_devices_and_survives_their_restart(
+    served, certs, fed_digits, small_mlp, tmp_path, strategy, transforms, downlink
 ):
     backend, address = served
     ids = ["0", "1", "2"]
@@ -259,8 +273,10 @@ def test_scaffold_state_lives_on_devices_and_survives_their_restart(
 
     def start_devices():
         devs = [
-            device(certs, address, c, data, small_mlp, state_file=tmp_path / f"{c}.safetensors") for c in ids
-        ]
+            device(certs, address, c, data, small_mlp, transforms=transforms(),
+                   state_file=tmp_path / f"{c}.safetensors")
+            for c in ids
+        ]  # fmt: skip
         threads = [threading.Thread(target=d.run, kwargs={"max_tasks": 2}, daemon=True) for d in devs]
         for t in threads:
             t.start()
@@ -268,15 +284,19 @@ def test_scaffold_state_lives_on_devices_and_survives_their_restart(
 
     first = start_devices()
     backend.wait_for_clients(3, 20)
-    sim = shoal.Simulation(small_mlp, data, shoal.Scaffold(clients_per_round=3), HP, backend=backend, seed=1)
+    run = dict(seed=1, transforms=transforms(), downlink=downlink)
+    sim = shoal.Simulation(small_mlp, data, strategy(), HP, backend=backend, **run)
     sim.step(4), sim.step(4)
     for t in first:  # the devices finish and go away; new ones pick up their state from disk
         t.join(timeout=20)
     assert all((tmp_path / f"{c}.safetensors").is_file() for c in ids)
     start_devices()
     sim.step(4), sim.step(4)
-    local = shoal.simulate(small_mlp, data, shoal.Scaffold(clients_per_round=3), HP, rounds=4, seed=1)
+    local = shoal.simulate(small_mlp, data, strategy(), HP, rounds=4, **{**run, "transforms": transforms()})
     assert shoal.model_hash(sim.params) == local.model_hash
+    if downlink is not None:
+        assert sim.records[-1]["bytes_up"] < 3 * (0.1 * 4 * sim.spec.num_params + 1024)  # sparse uploads
+        assert sim.records[-1]["bytes_down"] < 3 * (sim.spec.num_params + 1024)  # 8-bit models
 
 
 def test_models_larger_than_grpc_messages_cross_in_chunks(served, certs, fed_digits):

@@ -150,4 +150,4 @@ def test_natural_client_datasets_show_their_own_keys_and_no_partition() -> None:
     assert set(shown["data"]) == {"dataset", "num_clients", *synthetic}  # no partition, no test_fraction
     assert {"beta1", "tau"} <= set(shown["strategy"]) and "beta2" not in shown["strategy"]
     assert "accountant" not in shown["privacy"] and "clip_norm" in shown["privacy"]  # local DP
-    assert shown["cohort_size"] == 32 and off == ["secagg", "he"]  # "auto" resolved to vectorized
+    assert shown["cohort_size"] == 32 and off == ["secagg", "he", "compression"]  # "auto": vectorized

@@ -98,8 +98,8 @@ def test_config_selects_secure_aggregation_and_refuses_what_cannot_combine():
         c.from_dict({"secagg": {"mode": "secagg"}, "backend": "ray"})
     with pytest.raises(ConfigError, match="central"):
         c.from_dict({"secagg": {"mode": "secagg"}, "privacy": {"mode": "central"}})
-    with pytest.raises(ConfigError, match="half-precision"):
-        c.from_dict({"secagg": {"mode": "secagg"}, "transforms": ["half-precision"]})
+    with pytest.raises(ConfigError, match="compresses in its own ring"):
+        c.from_dict({"secagg": {"mode": "secagg"}, "compression": {"uplink": "half"}})
     with pytest.raises(ConfigError, match="choose one of"):
         c.from_dict({"secagg": {"mode": "secagg"}, "he": {"enabled": True}})
     with pytest.raises(ConfigError, match="scaffold"):

@@ -9,14 +9,15 @@ from shoal import config, experiment
 from shoal.errors import ConfigError
 from shoal.messages import FailureKind, TrainResult, encode, encoded_size
 from shoal.transforms.base import TransformContext
-from shoal.transforms.quantize import BITS, StochasticQuantization, pack, unpack
+from shoal.transforms.compress import pack_bits, unpack_bits
+from shoal.transforms.quantize import BITS, StochasticQuantization
 
 
 @pytest.mark.parametrize("bits", BITS)
 def test_packed_levels_round_trip(bits):
     levels = np.random.default_rng(bits).integers(0, 1 << bits, 1001).astype(np.uint8)
-    packed = pack(levels, bits)
-    assert packed.nbytes == -(-1001 * bits // 8) and np.array_equal(unpack(packed, bits, 1001), levels)
+    packed = pack_bits(levels, bits)
+    assert packed.nbytes == -(-1001 * bits // 8) and np.array_equal(unpack_bits(packed, bits, 1001), levels)
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -57,13 +58,13 @@ def test_a_malformed_quantized_upload_is_refused():
 
 def test_quantized_runs_train_and_secure_aggregation_refuses_them(tmp_path):
     raw = {
-        "rounds": 3, "seed": 0, "backend": "inprocess", "transforms": ["quantize-4"],
+        "rounds": 3, "seed": 0, "backend": "inprocess", "compression": {"uplink": "quantize", "bits": 4},
         "data": {"dataset": "digits", "num_clients": 10}, "model": {"name": "mlp", "hidden": [16]},
         "strategy": {"clients_per_round": 5}, "trainer": {"lr": 0.3, "local_epochs": 2, "batch_size": 16},
     }  # fmt: skip
     history = experiment.run(config.from_dict(raw), tmp_path / "q")
-    plain = experiment.run(config.from_dict({**raw, "transforms": []}), tmp_path / "plain")
+    plain = experiment.run(config.from_dict({**raw, "compression": {}}), tmp_path / "plain")
     # 1,210 weights: the message header is a fifth of a 4-bit upload here
     assert history.final_accuracy > 0.6 and history.bytes_up < plain.bytes_up / 4
-    with pytest.raises(ConfigError, match="drop the quantize-4 transform"):
+    with pytest.raises(ConfigError, match=r"set compression\.uplink = 'none'"):
         config.from_dict({**raw, "secagg": {"mode": "secagg"}})
