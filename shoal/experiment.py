@@ -14,6 +14,7 @@ from torch import nn
 from shoal import apps
 from shoal import config as cfgmod
 from shoal.apps import Ref, label
+from shoal.attacks.poison import CollusionAttack
 from shoal.client.app import AppBuilder, ClientApp
 from shoal.client.hparams import TorchTrainer
 from shoal.config import DatasetName, RunConfig, StrategyName
@@ -296,6 +297,11 @@ def build_transforms(cfg: RunConfig, num_clients: int | None, model: ModelFactor
         transforms.insert(0, private)
     low_rank = cfg.compression.uplink is CompressorName.POWERSGD  # it factors each weight matrix
     compressor = cfg.compression.build(ParamSpec.from_module(model()).shapes if low_rank else ())
+    hp = cfg.trainer
+    if (
+        hp.attack is not None and hp.attack.colluding
+    ):  # after the decoders on the server: the attackers forge from decoded updates
+        transforms.append(CollusionAttack(hp.attack, hp.attack_fraction, hp.attack_seed, hp.attack_scale))
     if compressor is not None:
         transforms.append(compressor)
     hidden = cfg.secagg.build(cfg.privacy.ring_encoder(num_clients)) or cfg.he.build()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from shoal.cli.common import config_flags, run_config, tls_flags
+from shoal.config.names import AttackName
 from shoal.errors import ShoalError
 
 TOKEN_ON_COMMAND_LINE = (
@@ -54,6 +56,12 @@ def add_parser(sub: Any) -> None:
     cli.add_argument("--token", help="refused: use --token-file or SHOAL_TOKEN (a flag shows in ps)")
     cli.add_argument("--give-up", type=float, default=600.0, help="seconds without contact before exiting")
     cli.add_argument("--state-dir", type=Path, help="keep this device's client state (SCAFFOLD's c_i) here")
+    cli.add_argument(
+        "--attack",
+        choices=[a.value for a in AttackName if not a.colluding],
+        help="for evaluating a server's defences only: this device is hostile and sends its update "
+        "rewritten by the attack (with trainer.attack_scale, or the attack's own scale)",
+    )
     cli.set_defaults(handler=handle)
 
 
@@ -69,6 +77,9 @@ def handle(args: argparse.Namespace, console: Console) -> int:
         )
     token = read_token(args.token_file)
     cfg = run_config(args)
+    if args.attack is not None:  # this device alone is hostile, whatever share the config names
+        trainer = dataclasses.replace(cfg.trainer, attack=AttackName(args.attack), attack_fraction=1.0)
+        cfg = dataclasses.replace(cfg, trainer=trainer)
     # gRPC, torch and the rest load here, after every mistake on the command line has been named
     from shoal import experiment
     from shoal.net.client import device_for

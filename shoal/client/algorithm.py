@@ -132,6 +132,7 @@ _BUILTINS = (
     "shoal.strategy.fednova",
     "shoal.strategy.feddyn",
     "shoal.privacy.dp_sgd",
+    "shoal.attacks.poison",  # hostile devices, for evaluating defences
 )
 _loaded = False
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shoal.config.names import OptimizerName
+from shoal.config.names import AttackName, OptimizerName
 from shoal.errors import ConfigError
 from shoal.rng import NoiseName
 
@@ -39,6 +39,12 @@ class TorchTrainer:
     dp_sgd_max_grad_norm: float = 1.0  # per-example gradient clip
     dp_sgd_delta: float = 1e-5  # for the example-level epsilon each client reports
     dp_sgd_noise: NoiseName = NoiseName.SECURE
+    # For evaluating defences only: this share of the population (chosen by attack_seed) is
+    # hostile and runs `attack` (shoal/attacks/poison.py); attack_scale None: the attack's own
+    attack: AttackName | None = None
+    attack_fraction: float = 0.2
+    attack_scale: float | None = None
+    attack_seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
@@ -59,6 +65,10 @@ class TorchTrainer:
         _check_positive("trainer.dp_sgd_max_grad_norm", self.dp_sgd_max_grad_norm)
         if not 0 < self.dp_sgd_delta < 1:
             raise ConfigError(f"trainer.dp_sgd_delta must be in (0, 1), got {self.dp_sgd_delta}")
+        if self.attack is not None:
+            object.__setattr__(self, "attack", AttackName(self.attack))
+        if not 0.0 <= self.attack_fraction <= 1.0:
+            raise ConfigError(f"trainer.attack_fraction must be in [0, 1], got {self.attack_fraction}")
 
     def build(self, model: ModelFactory) -> ClientApp:
         from shoal.client.trainer import TorchClient  # torch: only where a client trains

@@ -32,6 +32,24 @@ class StrategyName(enum.StrEnum):
     FEDBUFF = "fedbuff"  # buffered asynchronous aggregation (Nguyen et al. 2022): needs a fleet
 
 
+class AggregatorName(enum.StrEnum):
+    MEAN = "mean"  # the strategy's own average (FedAvg's is weighted by examples): no attacker tolerated
+    MEDIAN = "median"  # coordinate-wise (Yin et al. 2018): n > 2f
+    TRIMMED_MEAN = "trimmed-mean"  # coordinate-wise, f dropped at each end (Yin et al. 2018): n > 2f
+    GEOMETRIC_MEDIAN = "geometric-median"  # smoothed Weiszfeld (RFA, Pillutla et al. 2022): n > 2f
+    KRUM = "krum"  # Blanchard et al. 2017: n > 2f + 2
+    MULTI_KRUM = "multi-krum"  # the mean of the n - f best Krum scores: n > 2f + 2
+    BULYAN = "bulyan"  # El Mhamdi et al. 2018: n >= 4f + 3
+    CENTERED_CLIPPING = "centered-clipping"  # Karimireddy et al. 2021: n > 2f
+    MDA = "mda"  # minimum diameter averaging: n > 2f
+
+
+class PreAggregationName(enum.StrEnum):
+    CLIP = "clip"  # every update cut to L2 norm clip_threshold (Sun et al. 2019)
+    NNM = "nnm"  # nearest-neighbour mixing (Allouah et al. 2023)
+    BUCKETING = "bucketing"  # averages of bucket_size shuffled updates (Karimireddy et al. 2022)
+
+
 class CompressorName(enum.StrEnum):
     NONE = "none"
     HALF = "half"  # float16: 2x
@@ -80,6 +98,24 @@ class Partition(enum.StrEnum):
 class AccountantName(enum.StrEnum):
     RDP = "rdp"  # Renyi DP (Mironov 2017): fast; slightly loose
     PLD = "pld"  # privacy loss distributions (Koskela et al.; Doroshenko et al. 2022): tight; Poisson only
+
+
+class AttackName(enum.StrEnum):
+    """Hostile clients, for evaluating defences only (shoal/attacks/poison.py)."""
+
+    SIGN_FLIP = "sign-flip"  # sends -scale x its honest update (scale 10: the mean turns at 20%)
+    GAUSSIAN = "gaussian"  # sends N(0, scale^2) noise (scale 200, as ByzFL)
+    SCALING = "scaling"  # sends scale x its honest update (model replacement's boost)
+    ALIE = "alie"  # colluding: honest mean - z std (Baruch et al. 2019), z from n and f
+    IPM = "ipm"  # colluding: -scale x the honest mean (Xie et al. 2020; scale 0.1)
+    MIN_MAX = "min-max"  # colluding: as far as the honest spread allows (Shejwalkar & Houmansadr 2021)
+    MIN_SUM = "min-sum"  # colluding: the same, bounded by summed squared distances
+    MIMIC = "mimic"  # colluding: copies one honest update every round (Karimireddy et al. 2022)
+
+    @property
+    def colluding(self) -> bool:
+        """Forged from the round's honest updates (in simulation, a step on the decoded cohort)."""
+        return self not in (AttackName.SIGN_FLIP, AttackName.GAUSSIAN, AttackName.SCALING)
 
 
 class OptimizerName(enum.StrEnum):

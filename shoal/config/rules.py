@@ -28,9 +28,16 @@ def check(cfg: RunConfig) -> None:
             )
         if cfg.strategy.drop_stragglers:
             raise ConfigError("privacy.mode = 'central' aggregates every result; set drop_stragglers = false")
+        if cfg.strategy.robust_aggregator() is not None:
+            raise ConfigError(
+                "privacy.mode = 'central' merges the cohort into one noised average before the strategy "
+                "sees it, so a robust aggregator has nothing to choose from: set strategy.aggregator = "
+                "'mean' and no pre_aggregation (central DP's clipping already bounds each client's pull)"
+            )
     if cfg.privacy.mode is PrivacyMode.DISTRIBUTED:
         _check_distributed(cfg)
     _check_client_algorithm(cfg)
+    _check_attack(cfg)
     if cfg.fleet is not None:
         _check_fleet(cfg)
     if cfg.strategy.name is StrategyName.FEDBUFF:
@@ -54,6 +61,19 @@ def _check_distributed(cfg: RunConfig) -> None:
         raise ConfigError(
             f"privacy.min_clients = {cfg.privacy.min_clients} devices' noise must be in every sum, but a "
             f"round picks {wanted}: lower privacy.min_clients or raise strategy.clients_per_round"
+        )
+
+
+def _check_attack(cfg: RunConfig) -> None:
+    """Colluding attacks are simulated on the decoded cohort, which hiding or merging removes."""
+    attack = cfg.trainer.attack
+    if attack is None or not attack.colluding:
+        return
+    if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled or cfg.privacy.mode is PrivacyMode.CENTRAL:
+        raise ConfigError(
+            f"trainer.attack = {attack.value!r} is simulated on the server's decoded updates, which secure "
+            "or homomorphic aggregation and central DP never show it: evaluate it without them, or use an "
+            "attack that runs on the device (sign-flip, gaussian, scaling)"
         )
 
 
@@ -123,6 +143,14 @@ def _check_hidden_updates(cfg: RunConfig) -> None:
         raise ConfigError(
             "strategy.max_update_norm needs each client's update, which secure and homomorphic "
             "aggregation hide; bound norms on the device instead (privacy.mode = 'local' clips them)"
+        )
+    if cfg.strategy.robust_aggregator() is not None:
+        raise ConfigError(
+            "secure and homomorphic aggregation show the server only the sum, and a robust aggregator "
+            f"({cfg.strategy.aggregator.value}) needs each update: set strategy.aggregator = 'mean' and "
+            "no pre_aggregation, and bound what one device can do on the device (privacy.mode = "
+            "'local' or 'distributed' clips every update before it is masked). Proving a bounded "
+            "norm in zero knowledge is out of scope"
         )
     if cfg.compression.uplink is not CompressorName.NONE:
         raise ConfigError(

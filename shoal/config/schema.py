@@ -18,11 +18,13 @@ from shoal.client.hparams import TorchTrainer
 from shoal.config import rules
 from shoal.config.names import (
     AccountantName,
+    AggregatorName,
     BackendName,
     CompressorName,
     DatasetName,
     ModelName,
     Partition,
+    PreAggregationName,
     PrivacyMode,
     SecAggMode,
     StrategyName,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from shoal.secagg.encoding import RingEncoder
     from shoal.secagg.transform import SecureAggregation
     from shoal.strategy.base import Strategy
+    from shoal.strategy.preagg import RobustPipeline
     from shoal.strategy.server_opt import ServerOptimizer
     from shoal.transforms.compress import Compressor
 
@@ -166,9 +169,22 @@ class StrategyConfig:
     # than a round needs and commit on the first answers (Bonawitz et al. 2019 use 0.3) ...
     over_selection: float = 0.0
     deadline_s: float | None = None  # ... and drop results later than this (None: wait for all)
+    # Against hostile clients: a robust rule in place of the average, built for `attackers`
+    # of them a round, after the pre_aggregation steps in order (clip | nnm | bucketing).
+    aggregator: AggregatorName = AggregatorName.MEAN
+    attackers: int = 0  # f: hostile clients a round the aggregator must tolerate
+    pre_aggregation: tuple[PreAggregationName, ...] = ()
+    clip_threshold: float = 1.0  # pre_aggregation "clip": the L2 norm every update is cut to
+    bucket_size: int = 2  # pre_aggregation "bucketing": updates averaged per bucket
+    cc_tau: float = 1.0  # centered-clipping: the radius updates are clipped to around the centre
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", named("strategy.name", self.name, StrategyName))
+        object.__setattr__(self, "aggregator", AggregatorName(self.aggregator))
+        object.__setattr__(
+            self, "pre_aggregation", tuple(PreAggregationName(p) for p in self.pre_aggregation)
+        )
+        self._check_robust()
         if not 0.0 <= self.over_selection <= 1.0:
             why = f"a share of the cohort in [0, 1], got {self.over_selection}"
             raise ConfigError(f"strategy.over_selection is {why}")
@@ -218,6 +234,8 @@ class StrategyConfig:
             straggler_max_epochs=local_epochs,
             drop_stragglers=self.drop_stragglers,
         )
+        if (robust := self.robust_aggregator()) is not None:  # else each strategy's own average
+            common["aggregator"] = robust
         if isinstance(self.name, Ref):
             own = ["feddyn_alpha", "proximal_mu", "server_lr", "server_momentum", "beta1", "beta2", "tau"]
             own += ["buffer_size", "concurrency", "staleness_exponent"]
@@ -237,6 +255,59 @@ class StrategyConfig:
             )
         kind = {StrategyName.SCAFFOLD: Scaffold, StrategyName.FEDNOVA: FedNova}.get(self.name, FedAvg)
         return kind(**common)
+
+    def robust_aggregator(self) -> RobustPipeline | None:
+        """The robust rule with its pre-aggregation, or None (the strategy's own average)."""
+        if self.aggregator is AggregatorName.MEAN and not self.pre_aggregation:
+            return None
+        from shoal.strategy.aggregators import Aggregator, mean
+        from shoal.strategy.preagg import (
+            Bucketing,
+            Clip,
+            NearestNeighborMixing,
+            PreAggregator,
+            RobustPipeline,
+        )
+        from shoal.strategy.robust import AGGREGATORS, CenteredClipping
+
+        pre: dict[PreAggregationName, Callable[[], PreAggregator]] = {
+            PreAggregationName.CLIP: lambda: Clip(self.clip_threshold),
+            PreAggregationName.NNM: lambda: NearestNeighborMixing(self.attackers),
+            PreAggregationName.BUCKETING: lambda: Bucketing(self.bucket_size),
+        }
+        rule: Aggregator
+        if self.aggregator is AggregatorName.MEAN:
+            rule = mean
+        elif self.aggregator is AggregatorName.CENTERED_CLIPPING:
+            rule = CenteredClipping(self.attackers, tau=self.cc_tau)
+        else:
+            rule = AGGREGATORS[self.aggregator.value](self.attackers)
+        return RobustPipeline(rule, tuple(pre[p]() for p in self.pre_aggregation))
+
+    def _check_robust(self) -> None:
+        if self.attackers < 0:
+            raise ConfigError(f"strategy.attackers must be >= 0, got {self.attackers}")
+        if self.attackers and self.aggregator is AggregatorName.MEAN:
+            raise ConfigError(
+                f"strategy.attackers = {self.attackers}, but the mean tolerates none (one update can move "
+                "it anywhere): set strategy.aggregator to median, trimmed-mean, geometric-median, krum, "
+                "multi-krum, bulyan, centered-clipping or mda"
+            )
+        pipeline = self.robust_aggregator()
+        if pipeline is None or self.fraction is not None:  # a fraction's cohort is known per round
+            return
+        from shoal.strategy.robust import RobustAggregator
+
+        rule = pipeline.aggregator
+        if isinstance(rule, RobustAggregator):
+            buckets = PreAggregationName.BUCKETING in self.pre_aggregation
+            n = -(-self.clients_per_round // self.bucket_size) if buckets else self.clients_per_round
+            if why := rule.refusal(n):
+                raise ConfigError(
+                    f"strategy.aggregator: {why} (from clients_per_round = {self.clients_per_round}"
+                    + (f" in buckets of {self.bucket_size})" if buckets else ")")
+                    + ": raise clients_per_round or lower strategy.attackers"
+                )
 
     def num_to_select(self, population: int) -> int:
         """Clients a round picks from ``population`` (what the config says, before any draw)."""

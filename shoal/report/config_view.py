@@ -15,7 +15,15 @@ from typing import Any
 import tomli_w
 
 from shoal.config import DatasetName, PrivacyMode, RunConfig, SecAggMode, StrategyName, to_dict
-from shoal.config.names import BackendName, CompressorName, ModelName, OptimizerName, Partition
+from shoal.config.names import (
+    AggregatorName,
+    BackendName,
+    CompressorName,
+    ModelName,
+    OptimizerName,
+    Partition,
+    PreAggregationName,
+)
 
 # The key each partition reads beyond num_clients (iid reads none).
 _PARTITION_KEY = {
@@ -60,11 +68,26 @@ def _data_used(cfg: RunConfig) -> set[str]:
     return used
 
 
+def _robust_unused(cfg: RunConfig) -> set[str]:
+    s = cfg.strategy
+    unused = set()
+    if s.aggregator is AggregatorName.MEAN and PreAggregationName.NNM not in s.pre_aggregation:
+        unused.add("attackers")
+    if s.aggregator is not AggregatorName.CENTERED_CLIPPING:
+        unused.add("cc_tau")
+    if PreAggregationName.CLIP not in s.pre_aggregation:
+        unused.add("clip_threshold")
+    if PreAggregationName.BUCKETING not in s.pre_aggregation:
+        unused.add("bucket_size")
+    return unused
+
+
 def _strategy_unused(cfg: RunConfig) -> set[str]:
     s = cfg.strategy
     unused = {"clients_per_round"} if s.fraction is not None else set()
     if s.straggler_fraction == 0:
         unused.add("drop_stragglers")
+    unused |= _robust_unused(cfg)
     if not isinstance(s.name, StrategyName):  # the user's strategy: no telling which keys it reads
         return unused
     if s.name is not StrategyName.FEDAVGM:

@@ -7,6 +7,18 @@ from shoal.strategy.fedbuff import FedBuff
 from shoal.strategy.feddyn import FedDyn
 from shoal.strategy.fednova import FedNova
 from shoal.strategy.fedprox import FedProxClient
+from shoal.strategy.preagg import Bucketing, Clip, NearestNeighborMixing, RobustPipeline
+from shoal.strategy.robust import (
+    Bulyan,
+    CenteredClipping,
+    GeometricMedian,
+    Krum,
+    Median,
+    MinimumDiameterAveraging,
+    MultiKrum,
+    RobustAggregator,
+    TrimmedMean,
+)
 from shoal.strategy.scaffold import Scaffold
 from shoal.strategy.server_opt import (
     Adaptive,
@@ -20,17 +32,30 @@ __all__ = [
     "Adaptive",
     "AdaptiveRule",
     "Aggregator",
+    "Bucketing",
+    "Bulyan",
+    "CenteredClipping",
+    "Clip",
     "FedAvg",
     "FedBuff",
     "FedDyn",
     "FedNova",
     "FedProxClient",
+    "GeometricMedian",
+    "Krum",
+    "Median",
+    "MinimumDiameterAveraging",
+    "MultiKrum",
+    "NearestNeighborMixing",
+    "RobustAggregator",
+    "RobustPipeline",
     "RoundContext",
     "Scaffold",
     "ServerMomentum",
     "ServerOptimizer",
     "ServerSGD",
     "Strategy",
+    "TrimmedMean",
     "mean",
     "weighted_mean",
 ]

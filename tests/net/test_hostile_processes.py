@@ -101,3 +101,68 @@ def test_diverged_training_costs_the_update_not_the_device_and_a_done_run_resume
         stop(resumed)
     assert (out / "model.safetensors").is_file() and (out / "summary.json").is_file()
     assert len(records(out / "metrics.jsonl")) == 2
+
+
+def test_forged_compressed_uploads_cost_their_senders_only(tmp_path):
+    """Devices 3 and 4 send updates the server's codec cannot read (another top-k size; 1-bit
+    quantization in place of top-k): each round counts the three honest devices."""
+    compressed = CONFIG.replace("rounds = 8", "rounds = 3").replace("num_clients = 4", "num_clients = 5")
+    compressed = compressed.replace("clients_per_round = 3", "clients_per_round = 5")
+    config, wrong_k, wrong_codec = tmp_path / "run.toml", tmp_path / "k.toml", tmp_path / "q.toml"
+    config.write_text(compressed + '[compression]\nuplink = "top-k"\nkeep_fraction = 0.05\n')
+    wrong_k.write_text(compressed + '[compression]\nuplink = "top-k"\nkeep_fraction = 0.1\n')
+    wrong_codec.write_text(compressed + '[compression]\nuplink = "quantize"\nbits = 1\n')
+    address, out = f"127.0.0.1:{free_port()}", tmp_path / "out"
+    server = _server(
+        config, out, address, "--min-clients", "5", "--round-timeout", "30", log=tmp_path / "s.log"
+    )
+    clients = [_client(config, address, c, tmp_path / f"c{c}.log") for c in "012"]
+    clients += [
+        _client(wrong_k, address, "3", tmp_path / "c3.log"),
+        _client(wrong_codec, address, "4", tmp_path / "c4.log"),
+    ]
+    try:
+        assert server.wait(timeout=120) == 0, (tmp_path / "s.log").read_text()
+        for c in clients:  # the forgers too: a refusal is not a crash
+            assert c.wait(timeout=30) == 0
+    finally:
+        stop(server, *clients)
+    rounds = records(out / "metrics.jsonl")
+    assert [r["clients_completed"] for r in rounds] == [3, 3, 3], rounds
+    assert not any(r["aborted"] for r in rounds)
+    for r in rounds:
+        reasons = sorted(r["failures"])
+        assert reasons[0].startswith("3: rejected: expected a top-0.05 sparse update"), reasons
+        assert reasons[1].startswith("4: rejected: expected a top-0.05 sparse update"), reasons
+        assert "keys missing" in reasons[1]
+
+
+def test_a_device_started_with_attack_poisons_fedavg_and_a_median_server_holds(tmp_path):
+    """`shoal client --attack sign-flip` on one device of five, against FedAvg and against
+    the coordinate-wise median: the same hostile device, two servers."""
+    base = CONFIG.replace("rounds = 8", "rounds = 4").replace("num_clients = 4", "num_clients = 5")
+    base = base.replace("clients_per_round = 3", "clients_per_round = 5")
+    accuracy = {}
+    for aggregator in ("mean", "median"):
+        config, out = tmp_path / f"{aggregator}.toml", tmp_path / aggregator
+        attackers = 1 if aggregator == "median" else 0
+        config.write_text(
+            base.replace("[strategy]", f'[strategy]\naggregator = "{aggregator}"\nattackers = {attackers}')
+        )
+        address = f"127.0.0.1:{free_port()}"
+        server = _server(
+            config, out, address, "--min-clients", "5", "--round-timeout", "30", log=tmp_path / "s.log"
+        )
+        clients = [_client(config, address, c, tmp_path / f"c{c}.log") for c in "0123"]
+        clients.append(_client(config, address, "4", tmp_path / "c4.log", "--attack", "sign-flip"))
+        try:
+            assert server.wait(timeout=120) == 0, (tmp_path / "s.log").read_text()
+            for c in clients:
+                assert c.wait(timeout=30) == 0
+        finally:
+            stop(server, *clients)
+        rounds = records(out / "metrics.jsonl")
+        assert [r["clients_completed"] for r in rounds] == [5, 5, 5, 5]
+        assert all(r["hostile_sum"] == 1 for r in rounds)  # the hostile device reported itself
+        accuracy[aggregator] = rounds[-1]["test_accuracy"]
+    assert accuracy["mean"] < 0.3 < 0.7 < accuracy["median"], accuracy
