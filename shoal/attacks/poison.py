@@ -6,10 +6,12 @@ same clients every round, whatever the sampling (:func:`hostile`).
 
 Two kinds of attack, as their papers define them (``[trainer] attack = ...``):
 
-- **On the device** (``sign-flip``, ``gaussian``, ``scaling``): a hostile device trains
-  honestly, then rewrites its own update. A client-algorithm plug-in
-  (:class:`ModelPoisoning`), so it runs in every backend, the vectorized cohorts included,
-  and on a real device (``shoal client --attack sign-flip``).
+- **On the device**: data poisoning (``label-flip``; ``backdoor``, a trigger taught to
+  half the device's data plus the model-replacement boost of Bagdasaryan et al. 2020,
+  measured by :func:`backdoor_success`) and model poisoning (``sign-flip``, ``gaussian``,
+  ``scaling``: the device trains honestly, then rewrites its update). A client-algorithm
+  plug-in (:class:`HostileDevice`), so it runs in every backend, the vectorized cohorts
+  included, and on a real device (``shoal client --attack sign-flip``).
 - **Colluding** (``alie``, ``ipm``, ``min-max``, ``min-sum``, ``mimic``): the attackers'
   papers assume they know the round's honest updates (they collude, and estimate them or
   are told). In simulation that knowledge is exact: a step on the decoded cohort,
@@ -28,10 +30,12 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from shoal.client.algorithm import ClientAlgorithm, ClientOutput, LocalRun, register
 from shoal.client.state import ClientState
 from shoal.config.names import AttackName
+from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.messages import Failure, Scalar, TrainResult, TrainTask
 from shoal.transforms.base import TransformContext, UpdateTransform
 
@@ -40,6 +44,7 @@ DEFAULT_SCALE = {  # each attack's own parameter when attack_scale is not set
     AttackName.SIGN_FLIP: 10.0,  # -10 x: at 20% hostile the mean points the other way (0.8 - 2 < 0)
     AttackName.GAUSSIAN: 200.0,  # ByzFL's standard deviation
     AttackName.SCALING: 10.0,
+    AttackName.BACKDOOR: 10.0,  # gamma = n / eta in Bagdasaryan et al.: 10 devices at server lr 1
     AttackName.IPM: 0.1,  # Xie et al.'s small epsilon, the one that defeats median-like rules
 }
 
@@ -55,8 +60,34 @@ def scale_of(name: AttackName, scale: float | None) -> float:
 
 
 # -- on the device ----------------------------------------------------------------------------
-class ModelPoisoning(ClientAlgorithm):
-    """A hostile device's rewrite of its own update (the trainer's ``attack`` settings)."""
+BACKDOOR_SHARE = 0.5  # of a backdoor device's samples, stamped and relabelled each round
+
+
+def stamp(x: torch.Tensor, value: float) -> torch.Tensor:
+    """The backdoor trigger: a 3 x 3 square in the bottom-right corner of every image (the
+    last 4 features of a flat input) set to ``value``; a new tensor."""
+    out = x.clone()
+    if out.ndim >= 3:
+        out[..., -3:, -3:] = value
+    else:
+        out[:, -4:] = value
+    return out
+
+
+def backdoor_success(module: torch.nn.Module, test: ArrayDataset, target: int) -> float:
+    """Attack success rate: the share of test inputs of another label that the model sends
+    to ``target`` once the trigger is stamped on them."""
+    keep = test.y != target
+    x = stamp(test.x[keep], float(test.x.max()))
+    module.eval()
+    with torch.no_grad():
+        predicted = module(x).argmax(dim=1)
+    return float((predicted == target).float().mean()) if len(x) else 0.0
+
+
+class HostileDevice(ClientAlgorithm):
+    """A hostile device (the trainer's ``attack`` settings): it poisons its data before
+    training, or rewrites its update after."""
 
     name: ClassVar[str] = "attack"
     metric_reducers: ClassVar[dict[str, str]] = {"hostile": "sum"}
@@ -66,19 +97,36 @@ class ModelPoisoning(ClientAlgorithm):
         attack = getattr(hp, "attack", None)
         return attack in ON_DEVICE and hostile(task.client_id, hp.attack_fraction, hp.attack_seed)
 
+    def local_data(
+        self, task: TrainTask, data: ClientData, run: LocalRun, classes: Callable[[], int]
+    ) -> ClientData:
+        attack, train = AttackName(run.trainer.attack), data.train
+        if attack is AttackName.LABEL_FLIP:
+            return replace(data, train=ArrayDataset(train.x, classes() - 1 - train.y))
+        if attack is AttackName.BACKDOOR:
+            g = torch.Generator().manual_seed(task.seed)
+            chosen = torch.randperm(len(train), generator=g)[: int(BACKDOOR_SHARE * len(train))]
+            x, y = train.x.clone(), train.y.clone()
+            x[chosen] = stamp(train.x[chosen], float(train.x.max()))
+            y[chosen] = run.trainer.attack_target
+            return replace(data, train=ArrayDataset(x, y))
+        return data
+
     def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
         hp = run.trainer
         attack, scale = AttackName(hp.attack), scale_of(AttackName(hp.attack), hp.attack_scale)
         if attack is AttackName.SIGN_FLIP:
             forged = -scale * delta
-        elif attack is AttackName.SCALING:
+        elif attack in (AttackName.SCALING, AttackName.BACKDOOR):  # model replacement's boost
             forged = scale * delta
-        else:
+        elif attack is AttackName.GAUSSIAN:
             forged = np.random.default_rng(task.seed).normal(0.0, scale, delta.shape)
+        else:  # label flipping: the poisoned data is the attack
+            forged = delta
         return ClientOutput(payload={"delta": forged.astype(np.float32)}, metrics={"hostile": 1})
 
 
-register(ModelPoisoning())
+register(HostileDevice())
 
 
 # -- colluding: what each paper's attackers send, from the honest updates -----------------------

@@ -19,6 +19,8 @@ Every hook has a no-op default, so an algorithm implements only what it changes:
   It is affine, ``coef * (w - w_global) + shift``, so the one-by-one and the cohort
   paths apply exactly the same term (a cohort stacks K coefficients and K shifts).
 - ``local_loop()``: replaces the minibatch loop (DP-SGD's per-example clipping).
+- ``local_data(task, data, run, classes)``: the data the device trains on (a hostile
+  device's label flipping or backdoor trigger).
 - ``finish(task, state, delta, run)``: what it adds to the result's payload and
   metrics, and what it keeps in the client's state (changed in place; the runtime
   commits it only when the server counts the result).
@@ -30,7 +32,7 @@ Every hook has a no-op default, so an algorithm implements only what it changes:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 
 from shoal.client.state import ClientState
-from shoal.data.datasets import ArrayDataset
+from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.messages import Scalar, TrainTask
 from shoal.metrics import declare
 
@@ -116,6 +118,13 @@ class ClientAlgorithm:
     def local_loop(self) -> LocalLoop | None:
         return None
 
+    def local_data(
+        self, task: TrainTask, data: ClientData, run: LocalRun, classes: Callable[[], int]
+    ) -> ClientData:
+        """The data the device trains on (data poisoning rewrites it); ``classes()`` gives
+        the model's number of outputs, computed only if asked."""
+        return data
+
     def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
         return ClientOutput()
 
@@ -181,6 +190,28 @@ def combined_term(
     for t in terms[1:]:
         total = total + t
     return total
+
+
+def local_data(
+    algorithms: Sequence[ClientAlgorithm],
+    task: TrainTask,
+    data: ClientData,
+    run: LocalRun,
+    module: nn.Module,
+) -> ClientData:
+    """The data after every algorithm's ``local_data`` hook, in order."""
+
+    def classes() -> int:
+        was = module.training
+        module.eval()
+        with torch.no_grad():
+            width = int(module(data.train.x[:1]).shape[-1])
+        module.train(was)
+        return width
+
+    for a in algorithms:
+        data = a.local_data(task, data, run, classes)
+    return data
 
 
 def local_loop(algorithms: Sequence[ClientAlgorithm]) -> LocalLoop | None:

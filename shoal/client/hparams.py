@@ -45,6 +45,7 @@ class TorchTrainer:
     attack_fraction: float = 0.2
     attack_scale: float | None = None
     attack_seed: int = 0
+    attack_target: int = 0  # backdoor: the label triggered inputs are taught to get
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))

@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shoal.client.algorithm import GradientTerm, LocalRun, active_for, combined_term, finish_all, local_loop
+from shoal.client.algorithm import (
+    GradientTerm,
+    LocalRun,
+    active_for,
+    combined_term,
+    finish_all,
+    local_data,
+    local_loop,
+)
 from shoal.client.hparams import TorchTrainer
 from shoal.client.state import ClientState
 from shoal.config.names import OptimizerName
@@ -54,6 +62,7 @@ class TorchClient:
         n = len(data.train)
         run = local_run(self.hparams, task, n)
         algorithms = active_for(task, run)  # FedProx, SCAFFOLD, DP-SGD, ...: whatever the task asks
+        data = local_data(algorithms, task, data, run, self.module)
         term = combined_term(algorithms, task, state, run)
         self.flat.load(task.params)
         # Dropout and other in-model randomness. The CPU generator alone: torch.manual_seed

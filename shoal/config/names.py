@@ -103,6 +103,10 @@ class AccountantName(enum.StrEnum):
 class AttackName(enum.StrEnum):
     """Hostile clients, for evaluating defences only (shoal/attacks/poison.py)."""
 
+    LABEL_FLIP = "label-flip"  # trains on labels y -> C - 1 - y (data poisoning)
+    # trains half its data with a trigger stamped in and labelled attack_target, then boosts
+    # its update by scale (model replacement, Bagdasaryan et al. 2020): a hidden behaviour
+    BACKDOOR = "backdoor"
     SIGN_FLIP = "sign-flip"  # sends -scale x its honest update (scale 10: the mean turns at 20%)
     GAUSSIAN = "gaussian"  # sends N(0, scale^2) noise (scale 200, as ByzFL)
     SCALING = "scaling"  # sends scale x its honest update (model replacement's boost)
@@ -115,7 +119,8 @@ class AttackName(enum.StrEnum):
     @property
     def colluding(self) -> bool:
         """Forged from the round's honest updates (in simulation, a step on the decoded cohort)."""
-        return self not in (AttackName.SIGN_FLIP, AttackName.GAUSSIAN, AttackName.SCALING)
+        on_device = (AttackName.LABEL_FLIP, AttackName.BACKDOOR, AttackName.SIGN_FLIP, AttackName.GAUSSIAN)
+        return self not in (*on_device, AttackName.SCALING)
 
 
 class OptimizerName(enum.StrEnum):

@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from shoal.client.algorithm import GradientTerm, LocalRun, active_for, combined_term, finish_all, registered
+from shoal.client.algorithm import (
+    GradientTerm,
+    LocalRun,
+    active_for,
+    combined_term,
+    finish_all,
+    local_data,
+    registered,
+)
 from shoal.client.app import finish_train
 from shoal.client.hparams import TorchTrainer
 from shoal.client.state import ClientState
@@ -154,6 +162,10 @@ class CohortTrainer:
         sizes = [len(d.train) for d in data]
         runs = [local_run(self.hparams, t, n) for t, n in zip(tasks, sizes, strict=True)]
         algorithms = [active_for(t, run) for t, run in zip(tasks, runs, strict=True)]
+        data = [
+            local_data(chosen, t, d, run, self.module)
+            for chosen, t, d, run in zip(algorithms, tasks, data, runs, strict=True)
+        ]
         for a in {a for chosen in algorithms for a in chosen}:
             if reason := a.cohort_unsupported() or (a.local_loop() and "it replaces the local loop"):
                 raise ValueError(f"the cohort path cannot run {a.name}: {reason}")

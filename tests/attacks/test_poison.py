@@ -96,3 +96,37 @@ def test_fedavg_collapses_under_20_percent_sign_flipping_while_median_and_krum_h
     assert median > clean - 0.05  # 0.855
     krum = run(tmp_path, "multi-krum", {"aggregator": "multi-krum", "attackers": 3}, attack="sign-flip")
     assert krum > clean - 0.05  # 0.847
+
+
+def test_label_flipping_trains_on_mirrored_labels(fed_digits, small_mlp):
+    from shoal.attacks.poison import HostileDevice
+    from shoal.client.algorithm import local_data
+    from shoal.client.trainer import local_run
+
+    hp = TorchTrainer(attack="label-flip", attack_fraction=1.0)
+    task = TrainTask(1, "0", from_module(small_mlp())[0], seed=0)
+    run = local_run(hp, task, len(fed_digits["0"].train))
+    poisoned = local_data([HostileDevice()], task, fed_digits["0"], run, small_mlp())
+    assert (poisoned.train.y == 9 - fed_digits["0"].train.y).all()  # 10 classes: y -> 9 - y
+    assert poisoned.train.x is fed_digits["0"].train.x
+
+
+def test_a_backdoor_is_learned_under_fedavg_and_measured_by_its_success_rate(tmp_path):
+    from shoal.attacks.poison import backdoor_success
+    from shoal.params import to_module
+
+    def success(attack):
+        cfg = {**RUN, "trainer": {**RUN["trainer"], "attack_target": 0}}
+        if attack:
+            cfg["trainer"].update(attack="backdoor", attack_fraction=0.3, attack_scale=3.0)
+        run_cfg = config.from_dict(cfg)
+        sim = experiment.build(run_cfg, tmp_path / str(attack))
+        history = sim.run(run_cfg.rounds)
+        module = experiment.model_factory(run_cfg, sim.data)()
+        to_module(sim.params, sim.spec, module)
+        return backdoor_success(module, sim.data.test, target=0), history.final_accuracy
+
+    clean_rate, _ = success(None)
+    rate, accuracy = success("backdoor")
+    print(clean_rate, rate, accuracy)
+    assert clean_rate < 0.2 and rate > 0.8 and accuracy > 0.6  # hidden: the main task still works
