@@ -5,7 +5,8 @@ the 2NN, E = 1, B = 32, SGD lr 0.05, --rounds rounds from one seed. The backdoor
 its success rate (lower is better for the defence), every other row test accuracy. A share of the
 population (10%, 20%, 30%, chosen by seed, the same clients every round) is hostile; each
 defence is built for f = that share of a round's 20 clients, rounded up (more can land in
-one round by chance, as they would in deployment). Accuracy is the mean of the last three
+one round by chance, as they would in deployment; --f-quantile 0.95 builds each for the
+95th percentile of hostile clients a round instead). Accuracy is the mean of the last three
 evaluations on the 10,000 test images. A defence that cannot tolerate f with 20 clients
 (Bulyan needs n >= 4f + 3) is shown as "refused".
 
@@ -63,6 +64,19 @@ def base(rounds: int, fmnist: bool) -> dict[str, Any]:
     }
 
 
+def attackers_for(share: float, quantile: float | None) -> int:
+    """f for a round of PER_ROUND when ``share`` of the population is hostile: the mean
+    rounded up, or the smallest f that covers ``quantile`` of rounds (binomial)."""
+    if quantile is None:
+        return math.ceil(share * PER_ROUND)
+    covered = 0.0
+    for f in range(PER_ROUND + 1):
+        covered += math.comb(PER_ROUND, f) * share**f * (1 - share) ** (PER_ROUND - f)
+        if covered >= quantile:
+            return f
+    return PER_ROUND
+
+
 def accuracy(raw: dict[str, Any], data: Any) -> float | None:
     """Final accuracy; for a backdoor, its success rate instead (the share of triggered test
     inputs of other labels sent to the target: what the attacker wants)."""
@@ -84,6 +98,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--attacks", default=",".join(a.value for a in AttackName))
     ap.add_argument("--defences", default=",".join(DEFENCES))
+    ap.add_argument(
+        "--f-quantile",
+        type=float,
+        help="build each defence for the q-quantile of hostile clients a round (binomial), not the mean",
+    )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these attacks to bench/results/robustness.json from an earlier run of the same settings",
+    )
     args = ap.parse_args()
     attacks = [AttackName(a) for a in args.attacks.split(",") if a]
     defences = [d for d in args.defences.split(",") if d]
@@ -95,10 +119,21 @@ def main() -> None:
     raw = base(args.rounds, fmnist)
     data = experiment.load_data(cfgmod.from_dict(raw))
     start = time.perf_counter()
-    clean = {d: accuracy({**raw, "strategy": {**raw["strategy"], **DEFENCES[d]}}, data) for d in defences}
+    settings = {"rounds": args.rounds, "fmnist": fmnist, "f_quantile": args.f_quantile, "defences": defences}
+    earlier = json.loads((OUT / "robustness.json").read_text()) if args.merge else None
+    if earlier is not None:
+        earlier.setdefault("defences", list(DEFENCES))  # runs before these keys were written
+        earlier.setdefault("f_quantile", None)
+        if {k: earlier[k] for k in settings} != settings:
+            ap.error(f"--merge: the earlier run's settings differ: { {k: earlier[k] for k in settings} }")
+    clean = (
+        earlier["rows"]["clean"]
+        if earlier is not None
+        else {d: accuracy({**raw, "strategy": {**raw["strategy"], **DEFENCES[d]}}, data) for d in defences}
+    )
     rows: dict[str, Any] = {"clean": clean}
     for share in SHARES:
-        f = math.ceil(share * PER_ROUND)
+        f = attackers_for(share, args.f_quantile)
         table = {}
         for attack in attacks:
             trainer = {**raw["trainer"], "attack": attack.value, "attack_fraction": share}
@@ -118,22 +153,24 @@ def main() -> None:
                 + " ".join(_cell(table[attack.value][d]) for d in defences),
                 flush=True,
             )
-        rows[f"{share:.0%}"] = table
+        rows[f"{share:.0%}"] = {**(earlier["rows"][f"{share:.0%}"] if earlier else {}), **table}
+    order = [a.value for a in AttackName]  # the merged tables in the enum's order
+    for share in SHARES:
+        rows[f"{share:.0%}"] = dict(sorted(rows[f"{share:.0%}"].items(), key=lambda kv: order.index(kv[0])))
+    attacks = [AttackName(a) for a in rows[f"{SHARES[0]:.0%}"]]
     print(f"\n{'Fashion-MNIST' if fmnist else 'digits'}, Dirichlet 0.5, 100 clients, {PER_ROUND} a round, "
           f"{args.rounds} rounds, {time.perf_counter() - start:.0f} s\n")  # fmt: skip
     header = "| attack | " + " | ".join(defences) + " |"
     print("| clean | " + " | ".join(_cell(clean[d]) for d in defences) + " |")
     for share in SHARES:
         print(
-            f"\n{share:.0%} hostile (f = {math.ceil(share * PER_ROUND)})\n\n{header}\n|"
+            f"\n{share:.0%} hostile (f = {attackers_for(share, args.f_quantile)})\n\n{header}\n|"
             + "---|" * (len(defences) + 1)
         )
         for attack, cells in rows[f"{share:.0%}"].items():
             print(f"| {attack} | " + " | ".join(_cell(cells[d]) for d in defences) + " |")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "robustness.json").write_text(
-        json.dumps({"rounds": args.rounds, "fmnist": fmnist, "rows": rows}, indent=1)
-    )
+    (OUT / "robustness.json").write_text(json.dumps({**settings, "rows": rows}, indent=1))
     _heatmap(rows, attacks, defences)
 
 
@@ -156,7 +193,8 @@ def _heatmap(rows: dict[str, Any], attacks: list[AttackName], defences: list[str
         ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{share:.0%} hostile")
         ax.set_xticks(range(len(defences)), defences, rotation=60, ha="right")
-        ax.set_yticks(range(len(attacks)), [a.value for a in attacks])
+        labels = [f"{a.value} (success rate)" if a is AttackName.BACKDOOR else a.value for a in attacks]
+        ax.set_yticks(range(len(attacks)), labels)
         for i in range(len(attacks)):
             for j in range(len(defences)):
                 ax.text(
