@@ -139,11 +139,6 @@ def _check_hidden_updates(cfg: RunConfig) -> None:
             "secure and homomorphic aggregation hide each update, so the server cannot clip them for "
             "central DP; use privacy.mode = 'local' (each device clips and noises)"
         )
-    if cfg.strategy.max_update_norm is not None:
-        raise ConfigError(
-            "strategy.max_update_norm needs each client's update, which secure and homomorphic "
-            "aggregation hide; bound norms on the device instead (privacy.mode = 'local' clips them)"
-        )
     if cfg.strategy.robust_aggregator() is not None:
         raise ConfigError(
             "secure and homomorphic aggregation show the server only the sum, and a robust aggregator "

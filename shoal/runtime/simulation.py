@@ -37,7 +37,7 @@ from shoal.rng import Stream
 from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.runtime.history import History, MetricsLog, Record
-from shoal.runtime.validation import ResultLimits, check_claims, check_payload
+from shoal.runtime.validation import ResultLimits, check_claims, check_payload, norm_refusal
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.transforms.base import TransformContext, UpdateTransform, apply_server, clients_in
 from shoal.transforms.downlink import codec_for, compress_tasks
@@ -187,7 +187,8 @@ class Simulation:
         valid = []
         # Every vector the strategy reads is checked here, so a strategy sees only sound input.
         for r in decoded:
-            if reason := check_payload(r, self.spec.num_params, self.strategy.payload_keys):
+            reason = check_payload(r, self.spec.num_params, self.strategy.payload_keys)
+            if reason := reason or norm_refusal(r, self.limits.max_update_norm):
                 failures.append(_rejected(r, reason))
             else:
                 valid.append(r)

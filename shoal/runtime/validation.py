@@ -18,6 +18,7 @@ import numpy as np
 
 from shoal.errors import ConfigError
 from shoal.messages import TrainResult
+from shoal.transforms.base import AGGREGATED
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,27 @@ def check_claims(result: TrainResult, limits: ResultLimits) -> str | None:
     cap = limits.max_num_examples
     if cap is not None and result.num_examples > cap:
         return f"claims {result.num_examples} examples; the cap is {cap} (strategy.max_num_examples)"
-    bound = limits.max_update_norm
+    return norm_refusal(result, limits.max_update_norm)
+
+
+def norm_refusal(result: TrainResult, bound: float | None) -> str | None:
+    """Why ``result``'s ``delta`` is longer than ``bound`` (None: it is not, or there is no
+    float delta to measure yet). Run on what arrives and again on what the server halves
+    decoded: a compressed update is measured once decoded, and a merged cohort (secure
+    aggregation's sum) is held to the bound too, since the mean of updates within it is
+    within it: a longer mean means some device sent more, and the round is dropped."""
     delta = result.payload.get("delta")
-    if bound is not None and isinstance(delta, np.ndarray) and delta.dtype.kind == "f":
-        norm = float(np.linalg.norm(delta.astype(np.float64)))
-        if not math.isfinite(norm) or norm > bound:
-            return f"update norm {norm:.4g} exceeds the bound {bound:g} (strategy.max_update_norm)"
-    return None
+    if bound is None or not isinstance(delta, np.ndarray) or delta.dtype.kind != "f":
+        return None
+    norm = float(np.linalg.norm(delta.astype(np.float64)))
+    if math.isfinite(norm) and norm <= bound:
+        return None
+    if AGGREGATED in result.metrics:
+        return (
+            f"the mean of {result.metrics[AGGREGATED]} hidden updates has norm {norm:.4g}, above the bound "
+            f"{bound:g} every honest update keeps (strategy.max_update_norm): some device sent more"
+        )
+    return f"update norm {norm:.4g} exceeds the bound {bound:g} (strategy.max_update_norm)"
 
 
 def check_payload(result: TrainResult, num_params: int, keys: Sequence[str]) -> str | None:

@@ -130,3 +130,23 @@ def test_a_backdoor_is_learned_under_fedavg_and_measured_by_its_success_rate(tmp
     rate, accuracy = success("backdoor")
     print(clean_rate, rate, accuracy)
     assert clean_rate < 0.2 and rate > 0.8 and accuracy > 0.6  # hidden: the main task still works
+
+
+@pytest.mark.parametrize(
+    ("hiding", "reason"),
+    [
+        (
+            {"compression": {"uplink": "top-k", "keep_fraction": 0.1}},
+            "exceeds the bound 50",
+        ),  # measured decoded
+        ({"secagg": {"mode": "secagg", "bound": 1000.0}}, "the mean of 10 hidden updates has norm"),
+    ],
+    ids=["compressed", "secure-aggregation"],
+)
+@pytest.mark.filterwarnings("ignore:no round committed")  # the secure rounds are dropped, as they should be
+def test_a_norm_bound_holds_on_compressed_updates_and_on_the_secure_sum(tmp_path, hiding, reason):
+    cfg = {**RUN, "rounds": 2, **hiding, "strategy": {**RUN["strategy"], "max_update_norm": 50.0}}
+    cfg["trainer"] = {**RUN["trainer"], "attack": "scaling", "attack_fraction": 0.2, "attack_scale": 1e4}
+    history = experiment.run(config.from_dict(cfg), tmp_path)
+    failures = [f for r in history.records for f in r["failures"]]
+    assert failures and all(reason in f for f in failures), failures
