@@ -150,3 +150,13 @@ def test_a_norm_bound_holds_on_compressed_updates_and_on_the_secure_sum(tmp_path
     history = experiment.run(config.from_dict(cfg), tmp_path)
     failures = [f for r in history.records for f in r["failures"]]
     assert failures and all(reason in f for f in failures), failures
+
+
+@pytest.mark.parametrize("attack", ["label-flip", "sign-flip"])
+def test_attacks_run_the_same_in_the_vectorized_cohorts(attack, tmp_path):
+    cfg = {**RUN, "rounds": 2, "trainer": {**RUN["trainer"], "attack": attack, "attack_fraction": 0.3}}
+    one = experiment.build(config.from_dict({**cfg, "backend": "inprocess"}), None)
+    cohort = experiment.build(config.from_dict({**cfg, "backend": "vectorized"}), None)
+    one.run(2), cohort.run(2)
+    assert np.allclose(one.params, cohort.params, atol=1e-5)
+    assert one.records[-1]["hostile_sum"] == cohort.records[-1]["hostile_sum"] > 0
