@@ -37,6 +37,7 @@ from shoal.client.state import ClientState
 from shoal.config.names import AttackName
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.messages import Failure, Scalar, TrainResult, TrainTask
+from shoal.strategy.robust import squared_distances
 from shoal.transforms.base import TransformContext, UpdateTransform
 
 ON_DEVICE = frozenset(a for a in AttackName if not a.colluding)
@@ -162,7 +163,7 @@ def min_max(honest: np.ndarray) -> np.ndarray:
     as keeps the forged update's largest distance to an honest one within the largest
     distance between two honest ones."""
     mean, p = honest.mean(axis=0), -honest.std(axis=0)
-    spread = max(float(np.linalg.norm(a - b)) for a in honest for b in honest)
+    spread = math.sqrt(float(squared_distances(honest).max()))
 
     def fits(g: float) -> bool:
         return float(np.linalg.norm(honest - (mean + g * p), axis=1).max()) <= spread
@@ -175,7 +176,7 @@ def min_sum(honest: np.ndarray) -> np.ndarray:
     """Min-sum (Shejwalkar & Houmansadr 2021): as min-max, bounding the sum of squared
     distances to the honest updates by the largest such sum of an honest one."""
     mean, p = honest.mean(axis=0), -honest.std(axis=0)
-    bound = max(float((np.linalg.norm(honest - h, axis=1) ** 2).sum()) for h in honest)
+    bound = float(squared_distances(honest).sum(axis=1).max())
 
     def fits(g: float) -> bool:
         return float((np.linalg.norm(honest - (mean + g * p), axis=1) ** 2).sum()) <= bound

@@ -180,6 +180,7 @@ class Simulation:
         counted = {r.client_id for r in results}
         # before the server transforms, which may merge the cohort into one result
         client_metrics.update(reduce_metrics(results))
+        arrived = {id(r) for r in results}  # their norms were measured by check_claims
         decoded, rejected = apply_server(self.transforms, results, tctx)
         for t in self.transforms:
             record.update(t.round_metrics())
@@ -188,7 +189,9 @@ class Simulation:
         # Every vector the strategy reads is checked here, so a strategy sees only sound input.
         for r in decoded:
             reason = check_payload(r, self.spec.num_params, self.strategy.payload_keys)
-            if reason := reason or norm_refusal(r, self.limits.max_update_norm):
+            if id(r) not in arrived:  # rewritten by a server half: decoded, or a merged cohort
+                reason = reason or norm_refusal(r, self.limits.max_update_norm)
+            if reason:
                 failures.append(_rejected(r, reason))
             else:
                 valid.append(r)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +31,12 @@ from shoal.strategy.robust import squared_distances
 
 
 @dataclass(frozen=True)
-class PreAggregator:
+class PreAggregator(abc.ABC):
     name: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """[n, d] float64 updates -> [m, d] (m <= n)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ Updates are stacked in float64 (n x d); every rule is deterministic for given in
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from collections.abc import Sequence
@@ -60,7 +61,7 @@ def squared_distances(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class RobustAggregator:
+class RobustAggregator(abc.ABC):
     """Base: ``f`` attackers tolerated; subclasses give ``name``, ``needs`` and ``aggregate``."""
 
     f: int = 0
@@ -91,9 +92,9 @@ class RobustAggregator:
         out: np.ndarray = self.aggregate(x).astype(np.float32)
         return out
 
+    @abc.abstractmethod
     def aggregate(self, x: np.ndarray) -> np.ndarray:
         """[n, d] float64 updates -> [d] aggregate."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,10 @@ class GeometricMedian(RobustAggregator):
         return z
 
 
-def krum_scores(x: np.ndarray, f: int) -> np.ndarray:
-    """Each update's sum of squared distances to its n - f - 2 nearest others (none left:
-    every score is 0, and the first update wins the tie)."""
-    n = x.shape[0]
-    d = squared_distances(x)
+def krum_scores(d: np.ndarray, f: int) -> np.ndarray:
+    """From [n, n] squared distances: each update's sum of squared distances to its
+    n - f - 2 nearest others (none left: every score is 0, and the first wins the tie)."""
+    n = d.shape[0]
     nearest = np.sort(d + np.diag(np.full(n, np.inf)), axis=1)[:, : max(n - f - 2, 0)]
     scores: np.ndarray = nearest.sum(axis=1)
     return scores
@@ -159,7 +159,7 @@ class Krum(RobustAggregator):
     def chosen(self, x: np.ndarray) -> np.ndarray:
         """Indices of the ``m`` lowest Krum scores, lowest first (ties by index)."""
         m = x.shape[0] - self.f if self.m is None else self.m
-        return np.argsort(krum_scores(x, self.f), kind="stable")[:m]
+        return np.argsort(krum_scores(squared_distances(x), self.f), kind="stable")[:m]
 
     def aggregate(self, x: np.ndarray) -> np.ndarray:
         out: np.ndarray = x[self.chosen(x)].mean(axis=0)
@@ -182,9 +182,10 @@ class Bulyan(RobustAggregator):
 
     def aggregate(self, x: np.ndarray) -> np.ndarray:
         n, f = x.shape[0], self.f
+        d = squared_distances(x)  # once: each round of Krum reads the rows still left
         left, picked = list(range(n)), []
         for _ in range(n - 2 * f):  # theta = n - 2f rounds of Krum over what is left
-            best = int(np.argsort(krum_scores(x[left], f), kind="stable")[0])
+            best = int(np.argsort(krum_scores(d[np.ix_(left, left)], f), kind="stable")[0])
             picked.append(left.pop(best))
         chosen = x[picked]  # theta x d
         beta = chosen.shape[0] - 2 * f

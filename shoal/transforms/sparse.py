@@ -69,9 +69,6 @@ class _Sparse(Compressor):
         self.keys = (*head, *inner)
         self._check_feedback()
 
-    def contracts(self) -> bool:  # top-k keeps the largest values; a mask is scaled by n / k
-        return isinstance(self, TopK) and (self.values is None or self.values.contracts())
-
     def _values_ctx(self, k: int, ctx: TransformContext) -> TransformContext:
         return dataclasses.replace(ctx, num_params=k, state=None)
 
@@ -102,6 +99,9 @@ class TopK(_Sparse):
 
     def __post_init__(self) -> None:
         self._init_keys((INDICES,))
+
+    def contracts(self) -> bool:  # it keeps the largest values (a random mask scales by n / k: not)
+        return self.values is None or self.values.contracts()
 
     @property
     def label(self) -> str:
