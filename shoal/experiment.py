@@ -25,8 +25,9 @@ from shoal.data.partition import partition
 from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError, DataError
-from shoal.models import ModelFactory, char_lstm, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.models import ModelFactory, char_lstm, cnn_bn, mcmahan_2nn, mcmahan_cnn, mlp
 from shoal.params import ParamSpec
+from shoal.pretrain import start
 from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.history import History
 from shoal.runtime.simulation import Callback, Simulation
@@ -56,16 +57,22 @@ def load_data(cfg: RunConfig) -> FederatedDataset:
         return synthetic_population(d.num_clients, d.synthetic_alpha, d.synthetic_beta, cfg.seed)
     if d.dataset is DatasetName.SHAKESPEARE:  # natural clients too: num_clients keeps the largest roles
         return shakespeare(d.num_clients)
-    central: LabeledData
-    if d.dataset is DatasetName.FASHION_MNIST:
-        central = fashion_mnist(d.path)
-    elif d.dataset is DatasetName.DIGITS:
-        central = digits(d.test_fraction, cfg.seed)
-    elif d.dataset is DatasetName.CSV:
-        central = load_csv(d.path or "", d.label_column, d.test_fraction, cfg.seed)
-    else:
-        central = mnist_subset(d.test_fraction, cfg.seed)
-    return _partition(cfg, central)
+    return _partition(cfg, labeled(d.dataset, d.path, d.label_column, d.test_fraction, cfg.seed))
+
+
+def labeled(
+    name: DatasetName, path: str | None, label_column: str, test_fraction: float, seed: int
+) -> LabeledData:
+    """One of the built-in datasets that come as one labelled set (before any partition)."""
+    if name is DatasetName.FASHION_MNIST:
+        return fashion_mnist(path)
+    if name is DatasetName.DIGITS:
+        return digits(test_fraction, seed)
+    if name is DatasetName.CSV:
+        return load_csv(path or "", label_column, test_fraction, seed)
+    if name is DatasetName.MNIST_SUBSET:
+        return mnist_subset(test_fraction, seed)
+    raise ConfigError(f"{name.value} has natural clients, not one labelled set")
 
 
 def server_data(cfg: RunConfig, load_test: bool = True) -> ServerData:
@@ -155,6 +162,8 @@ def model_factory(cfg: RunConfig, data: FederatedDataset | ServerData) -> ModelF
         return functools.partial(user_model, cfg.model.name, shape, classes, cfg.model.hidden)
     if cfg.model.name is ModelName.MCMAHAN_CNN:
         return functools.partial(mcmahan_cnn, shape, classes)
+    if cfg.model.name is ModelName.CNN_BN:
+        return functools.partial(cnn_bn, shape, classes)
     if cfg.model.name is ModelName.MCMAHAN_2NN:
         return functools.partial(mcmahan_2nn, shape, classes)
     if cfg.model.name is ModelName.CHAR_LSTM:
@@ -310,6 +319,19 @@ def build_transforms(cfg: RunConfig, num_clients: int | None, model: ModelFactor
     return transforms
 
 
+def _check_personal_layers(cfg: RunConfig, model: ModelFactory) -> None:
+    """Personal layers that name nothing (or everything) are refused before any device trains."""
+    method = cfg.personalization.method
+    if method is None or not method.layered:
+        return
+    from shoal.personal.layers import personal_names
+
+    try:
+        personal_names(ParamSpec.from_module(model()), method, cfg.personalization.personal_layers)
+    except ValueError as exc:
+        raise ConfigError(f"personalization.method = {method.value!r}: {exc}") from None
+
+
 def build(
     cfg: RunConfig,
     out_dir: Path | None,
@@ -318,9 +340,11 @@ def build(
     strategy: Strategy | None = None,
     transforms: list[UpdateTransform] | None = None,
     backend: Backend | None = None,
+    resuming: bool = False,
 ) -> Simulation:
     """The run ``cfg`` describes; the server passes its own pieces (the network backend and,
-    in a deployment, :class:`ServerData` in place of the clients' data)."""
+    in a deployment, :class:`ServerData` in place of the clients' data). ``resuming``: the
+    weights will come from the checkpoint, so the initial ones are not made (no pretraining)."""
     data = data or load_data(cfg)
     if isinstance(data, FederatedDataset):
         _check_examples(cfg, data.input_shape, data.num_classes, f"data.dataset {label(cfg.data.dataset)}")
@@ -331,6 +355,7 @@ def build(
                 f"lower clients_per_round or raise data.num_clients"
             )
     model = model_factory(cfg, data)
+    _check_personal_layers(cfg, model)
     transforms = transforms if transforms is not None else build_transforms(cfg, population(data), model)
     strategy = strategy or cfg.strategy.build(cfg.trainer.local_epochs)
     if backend is None:
@@ -349,11 +374,17 @@ def build(
                 "strategy.over_selection and deadline_s need a clock: simulate devices with "
                 'fleet = "phones" (or your fleet file), or serve the run with shoal server'
             )
-    return Simulation(
+    first = None
+    if not resuming and cfg.model.init != "random":
+        first = start(
+            cfg, model, cfg.data.input_shape or data.input_shape, cfg.data.num_classes or data.num_classes
+        )
+    sim = Simulation(
         model,
         data,
         strategy,
         app_builder(cfg),
+        params=None if first is None else first.params,
         seed=cfg.seed,
         transforms=transforms,
         backend=backend,
@@ -364,6 +395,13 @@ def build(
         limits=cfg.strategy.limits(data.sizes().values() if isinstance(data, FederatedDataset) else None),
         downlink=None if cfg.compression.downlink is CompressorName.NONE else cfg.compression.downlink,
     )
+    if first is not None:  # what the first devices receive, for the summary
+        sim.initial.update(init=first.how, pretrain_examples=first.examples, pretrain_seconds=first.seconds)
+        if first.proxy_accuracy is not None:
+            sim.initial["pretrain_proxy_accuracy"] = first.proxy_accuracy
+        if (tested := sim.test(first.params)) is not None:
+            sim.initial["initial_test_accuracy"] = tested[1]
+    return sim
 
 
 def run(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> History:
@@ -380,7 +418,7 @@ def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callbac
     if not (out_dir / "config.toml").is_file():
         raise CheckpointError(f"{out_dir} has no config.toml; pass the folder of a shoal run")
     cfg = cfgmod.load(out_dir / "config.toml")
-    sim = build(cfg, out_dir)
+    sim = build(cfg, out_dir, resuming=True)
     sim.resume()
     return finish(sim, sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
 
@@ -403,6 +441,7 @@ def finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> 
         if values:
             summary[key] = values[-1][1]
             summary["dp_delta"] = cfg.privacy.delta_for(population(sim.data))
+    summary.update(sim.initial)
     if history.stopped:
         summary["stopped"] = history.stopped
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

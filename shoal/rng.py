@@ -41,6 +41,8 @@ class Stream(enum.IntEnum):
     PARTITION = 5
     STRAGGLERS = 6
     DP_NOISE = 7
+    PERSONAL = 8  # a personal model's own batches (FedRep's head phase, Ditto, fine-tuning)
+    PRETRAIN = 9  # the server's pretraining on proxy data: its batches and subset
 
 
 def _tag(text: str) -> int:

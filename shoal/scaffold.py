@@ -109,7 +109,7 @@ CLIENT = '''\
 """What each device runs. Today: shoal's default trainer with the [trainer] settings.
 
 To change local training, return your own ClientApp here: any object with
-``train(task, data, state) -> TrainResult`` and ``evaluate(task, data) -> EvalResult``
+``train(task, data, state) -> TrainResult`` and ``evaluate(task, data, state) -> EvalResult``
 (see shoal.client.ClientApp), or subclass shoal.client.TorchClient.
 """
 

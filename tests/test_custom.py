@@ -39,8 +39,8 @@ class Spy:
         SENT.append((task.round, result.num_examples, dict(result.metrics), task.params, delta))
         return result
 
-    def evaluate(self, task, data):
-        return self.app.evaluate(task, data)
+    def evaluate(self, task, data, state):
+        return self.app.evaluate(task, data, state)
 
 
 def build(model, trainer):
@@ -61,8 +61,8 @@ class Clash:
         extra = {"test_accuracy": 0.125, "clients_selected": 99, "round": 7, "bytes_up": 1}
         return dataclasses.replace(result, metrics={**result.metrics, **extra})
 
-    def evaluate(self, task, data):
-        return self.app.evaluate(task, data)
+    def evaluate(self, task, data, state):
+        return self.app.evaluate(task, data, state)
 
 
 def build(model, trainer):

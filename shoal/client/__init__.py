@@ -8,13 +8,17 @@ _WHERE = {
     "ClientAlgorithm": "shoal.client.algorithm",
     "ClientOutput": "shoal.client.algorithm",
     "GradientTerm": "shoal.client.algorithm",
+    "Local": "shoal.client.algorithm",
+    "LocalModel": "shoal.client.algorithm",
     "LocalRun": "shoal.client.algorithm",
     "register_client_algorithm": "shoal.client.algorithm:register",
     "AppBuilder": "shoal.client.app",
     "ClientApp": "shoal.client.app",
     "run_evaluate": "shoal.client.app",
     "run_train": "shoal.client.app",
+    "ClientState": "shoal.client.state",
     "OptimizerName": "shoal.config.names",
+    "Personalization": "shoal.client.hparams",
     "TorchClient": "shoal.client.trainer",
     "TorchTrainer": "shoal.client.hparams",
     "evaluate_module": "shoal.client.trainer",
@@ -22,10 +26,18 @@ _WHERE = {
 __getattr__, __dir__ = exports(globals(), _WHERE)
 
 if TYPE_CHECKING:  # what _WHERE loads, for type checkers
-    from shoal.client.algorithm import ClientAlgorithm, ClientOutput, GradientTerm, LocalRun
+    from shoal.client.algorithm import (
+        ClientAlgorithm,
+        ClientOutput,
+        GradientTerm,
+        Local,
+        LocalModel,
+        LocalRun,
+    )
     from shoal.client.algorithm import register as register_client_algorithm
     from shoal.client.app import AppBuilder, ClientApp, run_evaluate, run_train
-    from shoal.client.hparams import TorchTrainer
+    from shoal.client.hparams import Personalization, TorchTrainer
+    from shoal.client.state import ClientState
     from shoal.client.trainer import TorchClient, evaluate_module
     from shoal.config.names import OptimizerName
 
@@ -34,9 +46,13 @@ __all__ = [
     "ClientAlgorithm",
     "ClientApp",
     "ClientOutput",
+    "ClientState",
     "GradientTerm",
+    "Local",
+    "LocalModel",
     "LocalRun",
     "OptimizerName",
+    "Personalization",
     "TorchClient",
     "TorchTrainer",
     "evaluate_module",

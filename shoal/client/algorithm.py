@@ -16,14 +16,20 @@ Every hook has a no-op default, so an algorithm implements only what it changes:
 - ``check(run, others)``: refuse a combination it cannot run correctly (ValueError),
   e.g. SCAFFOLD's control update under momentum.
 - ``gradient_term(task, state, run)``: a per-step term added to every local gradient.
-  It is affine, ``coef * (w - w_global) + shift``, so the one-by-one and the cohort
+  It is affine, ``(coef + diag) * (w - w_global) + shift``, so the one-by-one and the cohort
   paths apply exactly the same term (a cohort stacks K coefficients and K shifts).
-- ``local_loop()``: replaces the minibatch loop (DP-SGD's per-example clipping).
+- ``start(task, state, params, run)``: the weights local training starts from (personal
+  layers put back over the global model's).
+- ``local_loop()``: replaces the minibatch loop (DP-SGD's per-example clipping; FedRep's
+  turns, Ditto's and APFL's second model, which train through the trainer's ``fit``).
 - ``local_data(task, data, run, classes)``: the data the device trains on (a hostile
   device's label flipping or backdoor trigger).
 - ``finish(task, state, delta, run)``: what it adds to the result's payload and
   metrics, and what it keeps in the client's state (changed in place; the runtime
-  commits it only when the server counts the result).
+  commits it only when the server counts the result). It may zero coordinates of
+  ``delta`` in place (personal layers never leave the device).
+- ``personal_weights(task, state, data, run, model)``: the weights federated evaluation
+  scores for this client, when it has a model of its own.
 - ``cohort_unsupported()``: why the vectorized path cannot run it (None: it can).
 - ``metric_reducers``: how the round loop folds the metrics it reports (see
   :mod:`shoal.metrics`).
@@ -42,8 +48,9 @@ from torch import nn
 
 from shoal.client.state import ClientState
 from shoal.data.datasets import ArrayDataset, ClientData
-from shoal.messages import Scalar, TrainTask
+from shoal.messages import EvalTask, Scalar, TrainTask
 from shoal.metrics import declare
+from shoal.params import ParamSpec
 
 
 @dataclass(frozen=True)
@@ -57,25 +64,33 @@ class LocalRun:
     optimizer: str  # "sgd" or "adam"
     momentum: float
     trainer: Any = None  # the trainer's own settings (e.g. DP-SGD's noise multiplier)
+    spec: ParamSpec | None = None  # the model's layout, for algorithms that treat layers apart
 
 
 @dataclass(frozen=True)
 class GradientTerm:
-    """``coef * (w - w_global) + shift``, added to the loss gradient at every local step.
+    """``(coef + diag) * (w - w_global) + shift``, added to the loss gradient at every local step.
 
-    ``w_global`` is the task's model; ``shift`` a flat float32 vector of the model's size
-    (None: zero). FedProx's term is ``coef = mu``; SCAFFOLD's ``c - c_i`` is the shift;
-    FedDyn has both. Terms add: coefficients and shifts sum."""
+    ``w_global`` is the task's model; ``shift`` and ``diag`` flat float32 vectors of the
+    model's size (None: zero). FedProx's term is ``coef = mu``; SCAFFOLD's ``c - c_i`` is the
+    shift; FedDyn has both; EWC's ``lambda F (w - w_old)`` is a per-coordinate ``diag`` with
+    the shift ``lambda F (w_global - w_old)``. Terms add: coefficients, diagonals and shifts sum."""
 
     coef: float = 0.0
     shift: np.ndarray | None = None
+    diag: np.ndarray | None = None
 
     def __add__(self, other: GradientTerm) -> GradientTerm:
-        if self.shift is None or other.shift is None:
-            shift = self.shift if other.shift is None else other.shift
-        else:
-            shift = self.shift + other.shift
-        return GradientTerm(self.coef + other.coef, shift)
+        return GradientTerm(
+            self.coef + other.coef, _add(self.shift, other.shift), _add(self.diag, other.diag)
+        )
+
+
+def _add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None or b is None:
+        return a if b is None else b
+    total: np.ndarray = a + b
+    return total
 
 
 @dataclass
@@ -86,18 +101,57 @@ class ClientOutput:
     metrics: dict[str, Scalar] = field(default_factory=dict)
 
 
-class LocalLoop(Protocol):
-    """A replacement for the trainer's minibatch loop: ``steps`` optimizer steps on
-    ``data``; returns the summed loss and the number of examples it used."""
+class LocalModel(Protocol):
+    """What a replaced loop may ask of the trainer: its module, a fresh optimizer over it,
+    and ``fit``, the trainer's own minibatch loop from any starting weights (a personal
+    model trains the way the shared one does)."""
 
-    def __call__(
+    module: nn.Module
+
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    def weights(self) -> np.ndarray:
+        """A copy of the module's weights as one flat vector."""
+        ...
+
+    def fit(
         self,
-        module: nn.Module,
+        start: np.ndarray,
         data: ArrayDataset,
-        optimizer: torch.optim.Optimizer,
-        run: LocalRun,
+        steps: int,
         seed: int,
-    ) -> tuple[float, int]: ...
+        *,
+        term: GradientTerm | None = None,
+        anchor: np.ndarray | None = None,
+        prox: float = 0.0,
+        frozen: frozenset[str] = frozenset(),
+    ) -> tuple[float, int]:
+        """``steps`` minibatch steps from ``start``, leaving the weights in the module;
+        ``term`` is taken about ``anchor``, ``prox`` pulls toward ``anchor`` after each step
+        (in closed form: ``w <- (w + lr prox anchor) / (1 + lr prox)``), parameters named in
+        ``frozen`` do not move. Returns the summed loss and the examples seen."""
+        ...
+
+
+@dataclass(frozen=True)
+class Local:
+    """A replaced loop's inputs: it trains ``model.module`` and leaves the weights whose
+    difference from ``task.params`` is the update there."""
+
+    task: TrainTask
+    state: ClientState  # the client's working state, changed in place
+    data: ArrayDataset
+    run: LocalRun
+    term: GradientTerm | None  # the other algorithms' per-step terms
+    start: np.ndarray  # the weights the start hooks chose
+    model: LocalModel
+
+
+class LocalLoop(Protocol):
+    """A replacement for the trainer's minibatch loop; returns the summed loss and the
+    number of examples it used."""
+
+    def __call__(self, local: Local) -> tuple[float, int]: ...
 
 
 class ClientAlgorithm:
@@ -115,6 +169,10 @@ class ClientAlgorithm:
     def gradient_term(self, task: TrainTask, state: ClientState, run: LocalRun) -> GradientTerm | None:
         return None
 
+    def start(self, task: TrainTask, state: ClientState, params: np.ndarray, run: LocalRun) -> np.ndarray:
+        """The weights training starts from (a new array if changed; ``params`` is read-only)."""
+        return params
+
     def local_loop(self) -> LocalLoop | None:
         return None
 
@@ -127,6 +185,12 @@ class ClientAlgorithm:
 
     def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
         return ClientOutput()
+
+    def personal_weights(
+        self, task: EvalTask, state: ClientState, data: ClientData, run: LocalRun, model: LocalModel
+    ) -> np.ndarray | None:
+        """The weights this client's evaluation scores (None: not this algorithm's business)."""
+        return None
 
     def cohort_unsupported(self) -> str | None:
         return None
@@ -141,6 +205,7 @@ _BUILTINS = (
     "shoal.strategy.fednova",
     "shoal.strategy.feddyn",
     "shoal.privacy.dp_sgd",
+    "shoal.personal",  # personalization: before the attacks, which may rewrite a whole update
     "shoal.attacks.poison",  # hostile devices, for evaluating defences
 )
 _loaded = False
@@ -212,6 +277,26 @@ def local_data(
     for a in algorithms:
         data = a.local_data(task, data, run, classes)
     return data
+
+
+def start_params(
+    algorithms: Sequence[ClientAlgorithm], task: TrainTask, state: ClientState, run: LocalRun
+) -> np.ndarray:
+    """Where local training starts: ``task.params`` through every ``start`` hook, in order."""
+    params = task.params
+    for a in algorithms:
+        params = a.start(task, state, params, run)
+    return params
+
+
+def personal_weights(
+    task: EvalTask, state: ClientState, data: ClientData, run: LocalRun, model: LocalModel
+) -> np.ndarray | None:
+    """The client's own model for evaluation, from the first algorithm that has one."""
+    for a in registered():
+        if (weights := a.personal_weights(task, state, data, run, model)) is not None:
+            return weights
+    return None
 
 
 def local_loop(algorithms: Sequence[ClientAlgorithm]) -> LocalLoop | None:

@@ -31,8 +31,11 @@ class ClientApp(Protocol):
         place to keep something for the next (see :mod:`shoal.client.state`)."""
         ...
 
-    def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
-        """Evaluate ``task.params`` on the client's held-out data."""
+    def evaluate(self, task: EvalTask, data: ClientData, state: ClientState) -> EvalResult:
+        """Evaluate ``task.params`` on the client's held-out data.
+
+        ``state`` is a copy of what this client kept from training (a personal model to
+        score beside the global one); nothing the app changes in it is kept."""
         ...
 
 
@@ -87,8 +90,10 @@ def finish_train(
         return _failure(task, exc)
 
 
-def run_evaluate(app: ClientApp, task: EvalTask, data: ClientData) -> EvalResult | Failure:
+def run_evaluate(
+    app: ClientApp, task: EvalTask, data: ClientData, state: ClientState | None = None
+) -> EvalResult | Failure:
     try:
-        return app.evaluate(task, data)
+        return app.evaluate(task, data, {} if state is None else state)
     except Exception as exc:
         return _failure(task, exc)

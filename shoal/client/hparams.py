@@ -6,16 +6,49 @@ no torch; ``build`` imports it where a client is made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shoal.config.names import AttackName, OptimizerName
+from shoal.config.names import AttackName, OptimizerName, PersonalizationName
 from shoal.errors import ConfigError
 from shoal.rng import NoiseName
 
 if TYPE_CHECKING:
     from shoal.client.app import ClientApp
     from shoal.models import ModelFactory
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """The config's ``[personalization]`` table: a model of each client's own (shoal/personal/).
+
+    Every method keeps what is personal in the client's state, on the device, and federated
+    evaluation then scores each client's personal model (with the global one beside it)."""
+
+    method: PersonalizationName | None = None  # None: one global model for everyone
+    # fedper, fedrep: glob patterns over parameter names ("4.*"); () is the model's last layer
+    personal_layers: tuple[str, ...] = ()
+    head_epochs: int = 1  # fedrep: epochs on the personal head, body frozen, before the body's
+    ditto_lambda: float = 0.1  # ditto: the pull toward the global model (infinite: FedAvg's)
+    apfl_alpha: float = 0.25  # apfl: the personal model's starting share in the mixture
+    apfl_adaptive: bool = True  # apfl: learn alpha by gradient descent (Deng et al. 2020)
+    finetune_epochs: int = 1  # finetune: local epochs on the global model before evaluating it
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            object.__setattr__(self, "method", PersonalizationName(self.method))
+        _check_positive("personalization.head_epochs", self.head_epochs)
+        _check_positive("personalization.finetune_epochs", self.finetune_epochs)
+        if not self.ditto_lambda >= 0:
+            raise ConfigError(f"personalization.ditto_lambda must be >= 0, got {self.ditto_lambda}")
+        if not 0.0 <= self.apfl_alpha <= 1.0:
+            raise ConfigError(f"personalization.apfl_alpha must be in [0, 1], got {self.apfl_alpha}")
+        layered = (PersonalizationName.FEDPER, PersonalizationName.FEDREP)
+        if self.personal_layers and self.method not in layered:
+            raise ConfigError(
+                "personalization.personal_layers is read by method = 'fedper' or 'fedrep' only; "
+                f"it is set with method = {self.method and self.method.value!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -46,6 +79,8 @@ class TorchTrainer:
     attack_scale: float | None = None
     attack_seed: int = 0
     attack_target: int = 0  # backdoor: the label triggered inputs are taught to get
+    # the [personalization] table, which the config puts here so that every device has it
+    personalization: Personalization = field(default_factory=Personalization, metadata={"table": True})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))

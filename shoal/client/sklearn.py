@@ -115,7 +115,7 @@ class _SklearnApp:
             {"train_loss": float(loss), "local_steps": epochs * len(y)},
         )
 
-    def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
+    def evaluate(self, task: EvalTask, data: ClientData, state: ClientState) -> EvalResult:
         if data.test is None or len(data.test) == 0:
             raise ValueError(f"client {task.client_id} holds no evaluation data (holdout_fraction is 0)")
         x, y = self._arrays(data.test)

@@ -11,69 +11,92 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from shoal.client.algorithm import (
     GradientTerm,
+    Local,
     LocalRun,
     active_for,
     combined_term,
     finish_all,
     local_data,
     local_loop,
+    personal_weights,
+    start_params,
 )
 from shoal.client.hparams import TorchTrainer
 from shoal.client.state import ClientState
 from shoal.config.names import OptimizerName
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
-from shoal.params import FlatModule, read_only_tensor
+from shoal.params import FlatModule, ParamSpec, read_only_tensor
 
 TASK_OVERRIDES = frozenset({"lr", "local_epochs", "local_steps"})  # task.config keys that replace hparams
 
 
-def local_run(hparams: TorchTrainer, task: TrainTask, num_examples: int) -> LocalRun:
-    """What a client will do for ``task``: the trainer's settings with the task's overrides."""
-    overrides: dict[str, Any] = {k: v for k, v in task.config.items() if k in TASK_OVERRIDES}
+def local_run(
+    hparams: TorchTrainer, config: Mapping[str, Any], num_examples: int, spec: ParamSpec | None = None
+) -> LocalRun:
+    """What a client will do: the trainer's settings with a task's ``config`` overrides."""
+    overrides: dict[str, Any] = {k: v for k, v in config.items() if k in TASK_OVERRIDES}
     hp = dataclasses.replace(hparams, **overrides) if overrides else hparams
     steps = hp.local_steps or hp.local_epochs * math.ceil(num_examples / hp.batch_size)
-    return LocalRun(steps, hp.lr, hp.batch_size, num_examples, hp.optimizer.value, hp.momentum, hp)
+    return LocalRun(steps, hp.lr, hp.batch_size, num_examples, hp.optimizer.value, hp.momentum, hp, spec)
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
+    """The example indices of ``steps`` minibatches: epochs of a fresh seeded permutation
+    each (the vectorized cohorts draw the same ones)."""
+    order = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(n, generator=order), 0
+    for _ in range(steps):
+        if pos >= n:  # next epoch: a fresh order
+            perm, pos = torch.randperm(n, generator=order), 0
+        yield perm[pos : pos + batch_size]
+        pos += batch_size
 
 
 class TorchClient:
-    """A :class:`ClientApp` over one module reused for every task in this process."""
+    """A :class:`ClientApp` over one module reused for every task in this process; also
+    the :class:`~shoal.client.algorithm.LocalModel` a replaced loop trains through."""
 
     def __init__(self, module: nn.Module, hparams: TorchTrainer) -> None:
         self.module = module
         self.flat = FlatModule(module)
         self.hparams = hparams
+        self._run = hparams  # the settings of the task being trained (a task may override lr)
 
-    def _optimizer(self, hp: TorchTrainer) -> torch.optim.Optimizer:
-        params = list(self.module.parameters())
+    def optimizer(self) -> torch.optim.Optimizer:
+        hp, params = self._run, list(self.module.parameters())
         if hp.optimizer is OptimizerName.ADAM:
             return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
+    def weights(self) -> np.ndarray:
+        return self.flat.flat.numpy().copy()
+
     def train(self, task: TrainTask, data: ClientData, state: ClientState) -> TrainResult:
         n = len(data.train)
-        run = local_run(self.hparams, task, n)
+        run = local_run(self.hparams, task.config, n, self.flat.spec)
+        self._run = run.trainer
         algorithms = active_for(task, run)  # FedProx, SCAFFOLD, DP-SGD, ...: whatever the task asks
         data = local_data(algorithms, task, data, run, self.module)
         term = combined_term(algorithms, task, state, run)
-        self.flat.load(task.params)
-        # Dropout and other in-model randomness. The CPU generator alone: torch.manual_seed
-        # also visits every accelerator backend, ~100x slower, per client.
-        torch.default_generator.manual_seed(task.seed)
-        opt = self._optimizer(run.trainer)
+        start = start_params(algorithms, task, state, run)
         loop = local_loop(algorithms)
         if loop is not None:
-            loss_sum, seen = loop(self.module, data.train, opt, run, task.seed)
+            self.flat.load(start)
+            torch.default_generator.manual_seed(task.seed)
+            loss_sum, seen = loop(Local(task, state, data.train, run, term, start, self))
         else:
-            loss_sum, seen = self._minibatch_loop(task, data, opt, run, term)
+            loss_sum, seen = self.fit(start, data.train, run.steps, task.seed, term=term, anchor=task.params)
         delta = self.flat.flat.numpy() - task.params  # a new array; the buffer is reused
         extra = finish_all(algorithms, task, state, delta, run)
         return TrainResult(
@@ -84,38 +107,53 @@ class TorchClient:
             metrics={"train_loss": loss_sum / max(seen, 1), "local_steps": run.steps, **extra.metrics},
         )
 
-    def _minibatch_loop(
+    def fit(
         self,
-        task: TrainTask,
-        data: ClientData,
-        opt: torch.optim.Optimizer,
-        run: LocalRun,
-        term: GradientTerm | None,
+        start: np.ndarray,
+        data: ArrayDataset,
+        steps: int,
+        seed: int,
+        *,
+        term: GradientTerm | None = None,
+        anchor: np.ndarray | None = None,
+        prox: float = 0.0,
+        frozen: frozenset[str] = frozenset(),
     ) -> tuple[float, int]:
-        x, y, n = data.train.x, data.train.y, len(data.train)
-        order = torch.Generator().manual_seed(task.seed)
+        """The minibatch loop (see :class:`~shoal.client.algorithm.LocalModel`)."""
+        self.flat.load(start)
+        # Dropout and other in-model randomness. The CPU generator alone: torch.manual_seed
+        # also visits every accelerator backend, ~100x slower, per client.
+        torch.default_generator.manual_seed(seed)
+        opt = self.optimizer()
         coef = term.coef if term is not None else 0.0
-        anchor = self._views(read_only_tensor(task.params)) if coef else []
-        shift = []
-        if term is not None and term.shift is not None:
-            shift = self._views(torch.from_numpy(term.shift))
+        diag = self._views(torch.from_numpy(term.diag)) if term is not None and term.diag is not None else []
+        shift = (
+            self._views(torch.from_numpy(term.shift)) if term is not None and term.shift is not None else []
+        )
+        pulled = bool(coef or diag or prox)
+        if pulled and anchor is None:
+            raise ValueError("a gradient term or a proximal pull needs the anchor it pulls toward")
+        at = self._views(read_only_tensor(anchor)) if pulled and anchor is not None else []
+        still = [name in frozen for name, _ in self.module.named_parameters()]
+        keep = 1.0 / (1.0 + self._run.lr * prox)  # the closed-form proximal step's shrink
+        x, y = data.x, data.y
         self.module.train()
         loss_sum = torch.zeros(())
         seen = 0
-        perm = torch.randperm(n, generator=order)
-        pos = 0
-        for _ in range(run.steps):
-            if pos >= n:  # next epoch: a fresh order
-                perm, pos = torch.randperm(n, generator=order), 0
-            idx = perm[pos : pos + run.batch_size]
-            pos += run.batch_size
+        for idx in batches(len(data), self._run.batch_size, steps, seed):
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.module(xb), yb)
             loss.backward()  # type: ignore[no-untyped-call]
-            if coef or shift:
-                self._add_term(coef, anchor, shift)
+            if coef or diag or shift:
+                self._add_term(coef, diag, at, shift)
+            if frozen:
+                for p, stays in zip(self.module.parameters(), still, strict=True):
+                    if stays:
+                        p.grad = None  # the optimizer skips it: no step, decay or momentum
             opt.step()
+            if prox:
+                self._pull(keep, at, still)
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
         return float(loss_sum), seen
@@ -126,22 +164,41 @@ class TorchClient:
         return [by_name[name] for name, _ in self.module.named_parameters()]
 
     @torch.no_grad()
-    def _add_term(self, coef: float, anchor: list[torch.Tensor], shift: list[torch.Tensor]) -> None:
-        """grad += coef (w - w_global) + shift: the client algorithms' per-step term."""
+    def _add_term(
+        self, coef: float, diag: list[torch.Tensor], anchor: list[torch.Tensor], shift: list[torch.Tensor]
+    ) -> None:
+        """grad += (coef + diag) (w - w_global) + shift: the client algorithms' per-step term."""
         for i, p in enumerate(self.module.parameters()):
             if p.grad is None:
                 continue
             if coef:
                 p.grad.add_(p - anchor[i], alpha=coef)
+            if diag:
+                p.grad.addcmul_(diag[i], p - anchor[i])
             if shift:
                 p.grad.add_(shift[i])
 
-    def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
+    @torch.no_grad()
+    def _pull(self, keep: float, anchor: list[torch.Tensor], still: list[bool]) -> None:
+        """w <- keep w + (1 - keep) anchor: the proximal step of ``lr prox / 2 ||w - anchor||^2``."""
+        for p, a, stays in zip(self.module.parameters(), anchor, still, strict=True):
+            if not stays:
+                p.mul_(keep).add_(a, alpha=1.0 - keep)
+
+    def evaluate(self, task: EvalTask, data: ClientData, state: ClientState) -> EvalResult:
         if data.test is None or len(data.test) == 0:
             raise ValueError(f"client {task.client_id} holds no evaluation data (holdout_fraction is 0)")
         self.flat.load(task.params)
         loss, acc = evaluate_module(self.module, data.test, self.hparams.eval_batch_size)
-        return EvalResult(task.round, task.client_id, len(data.test), {"loss": loss, "accuracy": acc})
+        run = local_run(self.hparams, {}, len(data.train), self.flat.spec)
+        self._run = run.trainer
+        own = personal_weights(task, state, data, run, self)
+        if own is None:
+            return EvalResult(task.round, task.client_id, len(data.test), {"loss": loss, "accuracy": acc})
+        self.flat.load(own)
+        mine_loss, mine_acc = evaluate_module(self.module, data.test, self.hparams.eval_batch_size)
+        metrics = {"loss": mine_loss, "accuracy": mine_acc, "global_loss": loss, "global_accuracy": acc}
+        return EvalResult(task.round, task.client_id, len(data.test), metrics)
 
 
 @torch.no_grad()

@@ -24,13 +24,21 @@ from shoal.errors import ConfigError
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """A section's keys and types; a field that is a table of its own (the trainer's
+    ``personalization``, filled from ``[personalization]``) is not one of its keys."""
+    tables = {f.name for f in dataclasses.fields(cls) if f.metadata.get("table")}
+    return {k: v for k, v in typing.get_type_hints(cls).items() if k not in tables}
+
+
+SECTIONS = (
+    "data", "model", "strategy", "trainer", "personalization",
+    "eval", "privacy", "secagg", "he", "compression",
+)  # fmt: skip
 
 
 def _section_types() -> dict[str, type]:
     hints = _hints(RunConfig)
-    sections = ("data", "model", "strategy", "trainer", "eval", "privacy", "secagg", "he", "compression")
-    return {name: hints[name] for name in sections}
+    return {name: hints[name] for name in SECTIONS}
 
 
 # Where the built-in choices of a key that takes only user code are set instead.
@@ -179,6 +187,7 @@ def _plain(value: Any) -> Any:
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = _plain(dataclasses.asdict(cfg))
+    del out["trainer"]["personalization"]  # its own table, [personalization]
     return out
 
 
@@ -222,9 +231,10 @@ def flags() -> list[Flag]:
     counts: dict[str, int] = {}
     for _, k, _, _ in entries:
         counts[k] = counts.get(k, 0) + 1
+    plain = {k for k, n in counts.items() if n == 1 and k not in ("mode", "method")}  # else: --section-key
     return [
         Flag(
-            "--" + (k if (counts[k] == 1 and k != "mode") or s is None else f"{s}_{k}").replace("_", "-"),
+            "--" + (k if k in plain or s is None else f"{s}_{k}").replace("_", "-"),
             s,
             k,
             t,

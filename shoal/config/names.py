@@ -77,6 +77,7 @@ class SecAggMode(enum.StrEnum):
 class ModelName(enum.StrEnum):
     MCMAHAN_CNN = "mcmahan_cnn"
     MCMAHAN_2NN = "mcmahan_2nn"
+    CNN_BN = "cnn_bn"  # a small CNN with batch norm (FedBN's kind of model)
     MLP = "mlp"
     CHAR_LSTM = "char_lstm"
 
@@ -126,3 +127,19 @@ class AttackName(enum.StrEnum):
 class OptimizerName(enum.StrEnum):
     SGD = "sgd"
     ADAM = "adam"
+
+
+class PersonalizationName(enum.StrEnum):
+    """One model per client on top of the federated one (shoal/personal/)."""
+
+    FEDPER = "fedper"  # personal layers (the head) stay on the device; the rest is shared
+    FEDREP = "fedrep"  # FedPer, trained in turns: the head with the body frozen, then the body
+    FEDBN = "fedbn"  # batch-norm layers (weights and running statistics) stay on the device
+    DITTO = "ditto"  # a personal model pulled toward the global one by ditto_lambda
+    APFL = "apfl"  # a personal model mixed with the global one by a learned alpha
+    FINETUNE = "finetune"  # the global model, trained locally before it is evaluated (the baseline)
+
+    @property
+    def layered(self) -> bool:
+        """Keeps some of the model's own layers on the device (the others are shared)."""
+        return self in (PersonalizationName.FEDPER, PersonalizationName.FEDREP, PersonalizationName.FEDBN)

@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shoal.apps import label
-from shoal.config.names import BackendName, CompressorName, PrivacyMode, SecAggMode, StrategyName
+from shoal.config.names import (
+    BackendName,
+    CompressorName,
+    PersonalizationName,
+    PrivacyMode,
+    SecAggMode,
+    StrategyName,
+)
 from shoal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +45,13 @@ def check(cfg: RunConfig) -> None:
         _check_distributed(cfg)
     _check_client_algorithm(cfg)
     _check_attack(cfg)
+    _check_personalization(cfg)
+    if cfg.model.init == "pretrain" and cfg.model.pretrain_dataset == cfg.data.dataset:
+        raise ConfigError(
+            f"model.pretrain_dataset is the devices' own dataset ({label(cfg.data.dataset)}): the server "
+            "would train on the data federated learning keeps on the devices. Pretrain on public "
+            "proxy data they do not hold (another dataset, or your loader of it)"
+        )
     if cfg.fleet is not None:
         _check_fleet(cfg)
     if cfg.strategy.name is StrategyName.FEDBUFF:
@@ -46,6 +60,32 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])")
     if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
         _check_hidden_updates(cfg)
+
+
+def _check_personalization(cfg: RunConfig) -> None:
+    """A personal model is scored only by federated evaluation, on the clients' holdouts."""
+    method = cfg.personalization.method
+    if method is None:
+        return
+    if cfg.eval.federated_eval_every == 0:
+        raise ConfigError(
+            f"personalization.method = {method.value!r} keeps a model on each device, which only federated "
+            "evaluation scores: set eval.federated_eval_every (e.g. to rounds) and data.holdout_fraction > 0"
+        )
+    name = cfg.strategy.name
+    if name in (StrategyName.SCAFFOLD, StrategyName.FEDDYN) and method.layered:
+        raise ConfigError(
+            f"{label(name)}'s control state assumes every coordinate is shared, but "
+            f"personalization.method = {method.value!r} keeps some on the device: use fedavg or fedprox"
+        )
+    if (
+        name in (StrategyName.FEDPROX, StrategyName.SCAFFOLD, StrategyName.FEDDYN)
+        and method is PersonalizationName.APFL
+    ):
+        raise ConfigError(
+            f"APFL's local loop takes plain SGD steps on the shared model, without {label(name)}'s "
+            "gradient term: use strategy.name = 'fedavg' (or another server optimizer)"
+        )
 
 
 def _check_distributed(cfg: RunConfig) -> None:

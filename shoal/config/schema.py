@@ -9,12 +9,12 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal import apps
 from shoal.apps import Ref, label
-from shoal.client.hparams import TorchTrainer
+from shoal.client.hparams import Personalization, TorchTrainer
 from shoal.config import rules
 from shoal.config.names import (
     AccountantName,
@@ -132,9 +132,39 @@ class DataConfig:
 class ModelConfig:
     name: ModelName | Ref = ModelName.MCMAHAN_CNN  # or your model: "package.module:Net"
     hidden: tuple[int, ...] = (64,)  # mlp: hidden layer widths; char_lstm: one equal width per LSTM layer
+    # Where round 1 starts: "random" (the seed's initialization); "pretrain", trained first on
+    # the server's public proxy data (pretrain_dataset), against the cold start; or the path of
+    # a .safetensors file of this model's weights (yours, or a run's model.safetensors)
+    init: str = "random"
+    pretrain_dataset: DatasetName | Ref | None = None  # public data the devices do not hold
+    pretrain_path: str | None = None  # its folder or file, where the dataset needs one
+    pretrain_epochs: int = 5
+    pretrain_examples: int | None = None  # at most this many proxy examples (None: all)
+    pretrain_lr: float | None = None  # None: trainer.lr
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", named("model.name", self.name, ModelName))
+        if self.init not in ("random", "pretrain") and not self.init.endswith(".safetensors"):
+            raise ConfigError(
+                "model.init must be 'random', 'pretrain' or the path of a .safetensors file, "
+                f"got {self.init!r}"
+            )
+        if self.pretrain_dataset is not None:
+            object.__setattr__(
+                self, "pretrain_dataset", named("model.pretrain_dataset", self.pretrain_dataset, DatasetName)
+            )
+        if self.init == "pretrain" and self.pretrain_dataset is None:
+            raise ConfigError(
+                'model.init = "pretrain" trains on public proxy data first: set model.pretrain_dataset '
+                '(e.g. "mnist-subset", or your loader "package.module:load")'
+            )
+        if self.init != "pretrain" and self.pretrain_dataset is not None:
+            raise ConfigError('model.pretrain_dataset is read only with model.init = "pretrain"')
+        _at_least("model.pretrain_epochs", self.pretrain_epochs, 1)
+        if self.pretrain_examples is not None:
+            _at_least("model.pretrain_examples", self.pretrain_examples, 1)
+        if self.pretrain_lr is not None and not self.pretrain_lr > 0:
+            raise ConfigError(f"model.pretrain_lr must be > 0, got {self.pretrain_lr}")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"model.hidden widths must be >= 1, got {list(self.hidden)}")
         if self.name is ModelName.CHAR_LSTM and (not self.hidden or len(set(self.hidden)) != 1):
@@ -583,6 +613,7 @@ class RunConfig:
     trainer: TorchTrainer = field(
         default_factory=lambda: TorchTrainer(lr=0.05, local_epochs=5, batch_size=10)
     )
+    personalization: Personalization = field(default_factory=Personalization)
     eval: EvalConfig = field(default_factory=EvalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
@@ -600,4 +631,6 @@ class RunConfig:
         )
         if self.client is not None:
             object.__setattr__(self, "client", Ref.parse("client", self.client))
+        # every device builds its trainer from [trainer]; personalization travels with it
+        object.__setattr__(self, "trainer", replace(self.trainer, personalization=self.personalization))
         rules.check(self)

@@ -37,6 +37,30 @@ def mcmahan_cnn(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10)
     )
 
 
+def cnn_bn(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """A small CNN with batch norm after every hidden layer, the kind FedBN is defined on
+    (Li et al. 2021): conv5x5x16, BN, pool, conv5x5x32, BN, pool, fc128, BN, fc.
+
+    215,722 parameters on 28x28 inputs, and 352 batch-norm statistics."""
+    channels, height, width = _image_shape(input_shape)
+    flat = 32 * (height // 4) * (width // 4)
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 5, padding=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 128),
+        nn.BatchNorm1d(128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
 def mcmahan_2nn(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
     """The '2NN' of McMahan et al. 2017: two hidden layers of 200 ReLU units (199,210 params)."""
     return mlp(input_shape, num_classes, hidden=(200, 200))
@@ -83,8 +107,8 @@ def char_lstm(num_classes: int, hidden: Sequence[int] = (256, 256), embed: int =
 def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(input_shape) != 3 or min(input_shape[1:]) < 4:
         raise ConfigError(
-            f"model.name = 'mcmahan_cnn' needs [channels, height, width] images of at least 4x4, but "
-            f"this dataset's inputs have shape {list(input_shape)}; for tabular data set "
+            "model.name = 'mcmahan_cnn' or 'cnn_bn' needs [channels, height, width] images of at least "
+            f"4x4, but this dataset's inputs have shape {list(input_shape)}; for tabular data set "
             "model.name = 'mlp' (--model-name mlp)"
         )
     return input_shape[0], input_shape[1], input_shape[2]
@@ -92,4 +116,13 @@ def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 
 ModelFactory = Callable[[], nn.Module]
 
-__all__ = ["CharLSTM", "ModelFactory", "ModelName", "char_lstm", "mcmahan_2nn", "mcmahan_cnn", "mlp"]
+__all__ = [
+    "CharLSTM",
+    "ModelFactory",
+    "ModelName",
+    "char_lstm",
+    "cnn_bn",
+    "mcmahan_2nn",
+    "mcmahan_cnn",
+    "mlp",
+]

@@ -191,7 +191,7 @@ class Device:
             )
         else:
             eval_task = task
-            outcome, payload = self._answer(task, lambda: run_evaluate(self.app, eval_task, self.data))
+            outcome, payload = self._answer(task, lambda: run_evaluate(self.app, eval_task, self.data, state))
         reply = self._put(payload)
         if reply.accepted and isinstance(outcome, TrainResult):  # kept only if the server took it
             self.client_states.put(self.client_id, state)

@@ -116,7 +116,13 @@ def serve(
         (out_dir / "metrics.jsonl").write_text("")
     try:
         sim = experiment.build(
-            cfg, out_dir, data=data, strategy=strategy, transforms=transforms, backend=backend
+            cfg,
+            out_dir,
+            data=data,
+            strategy=strategy,
+            transforms=transforms,
+            backend=backend,
+            resuming=resume,
         )
         if resume:
             sim.resume()

@@ -29,7 +29,7 @@ from shoal.messages import (
     TrainTask,
     encoded_size,
 )
-from shoal.runtime.validation import ResultLimits, check_claims, check_payload
+from shoal.runtime.validation import ResultLimits, check_claims, check_eval, check_payload
 from shoal.transforms.downlink import model_size
 
 # A message's JSON header, metric names and values, a Failure's reason: all far below this.
@@ -96,6 +96,8 @@ def refusal(task: TrainTask | EvalTask, message: Message, client_id: str, rules:
         return "result of the wrong kind"
     if reason := _non_finite(message.metrics):
         return reason
+    if isinstance(message, EvalResult):
+        return check_eval(message)
     if isinstance(message, TrainResult):
         if reason := check_claims(message, rules.limits):
             return reason

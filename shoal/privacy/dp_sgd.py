@@ -32,7 +32,7 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from torch import nn
 
-from shoal.client.algorithm import ClientAlgorithm, ClientOutput, LocalRun, register
+from shoal.client.algorithm import ClientAlgorithm, ClientOutput, Local, LocalRun, register
 from shoal.client.state import ClientState
 from shoal.data.datasets import ArrayDataset
 from shoal.messages import TrainTask
@@ -131,7 +131,9 @@ class DPSGD(ClientAlgorithm):
     def check(self, run: LocalRun, others: Sequence[str]) -> None:
         terms = [o for o in others if o != "fednova"]
         if terms:
-            raise ValueError(f"DP-SGD does not combine with the client terms of {', '.join(terms)}")
+            raise ValueError(
+                f"DP-SGD does not combine with {', '.join(terms)}: its guarantee covers its own loop only"
+            )
 
     def cohort_unsupported(self) -> str | None:
         return "DP-SGD runs client by client through Opacus"
@@ -139,21 +141,15 @@ class DPSGD(ClientAlgorithm):
     def local_loop(self) -> DPSGD:
         return self
 
-    def __call__(
-        self,
-        module: nn.Module,
-        data: ArrayDataset,
-        optimizer: torch.optim.Optimizer,
-        run: LocalRun,
-        seed: int,
-    ) -> tuple[float, int]:
+    def __call__(self, local: Local) -> tuple[float, int]:
+        module, run = local.model.module, local.run
         runner = self._runners.get(module)
         if runner is None:
             runner = self._runners[module] = DPSGDRunner(module)
         hp = run.trainer
         return runner.train(
-            data, optimizer, run.steps, run.batch_size, hp.dp_sgd_noise_multiplier,
-            hp.dp_sgd_max_grad_norm, hp.dp_sgd_noise, seed,
+            local.data, local.model.optimizer(), run.steps, run.batch_size, hp.dp_sgd_noise_multiplier,
+            hp.dp_sgd_max_grad_norm, hp.dp_sgd_noise, local.task.seed,
         )  # fmt: skip
 
     def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:

@@ -23,6 +23,13 @@ _LOSS = (
     ("test_loss", "central test"),
     ("fed_eval_loss", "client holdouts"),
 )
+# Federated evaluation's spread over clients (a personalized model is judged by its worst)
+_SPREAD = (
+    ("fed_eval_client_mean", "mean client"),
+    ("fed_eval_client_p10", "10th percentile"),
+    ("fed_eval_client_min", "worst client"),
+    ("fed_eval_global_accuracy", "global model (holdouts)"),
+)
 _BYTES = (("bytes_down", "down"), ("bytes_up", "up"))
 _CLIENTS = (("clients_completed", "completed"), ("clients_failed", "failed"))
 _PRIVACY = (("dp_epsilon", "central (whole run)"), ("ldp_epsilon_worst_client", "local (worst client)"))
@@ -33,7 +40,11 @@ _LOST = (("fleet_dropped", "left mid-task"), ("fleet_late", "late"), ("fleet_not
 _FLEET = frozenset(
     {"virtual_hours", "round_virtual_s", "energy_wh", "battery_pct_max", "in_flight", *(k for k, _ in _LOST)}
 )
-_PLOTTED = frozenset(k for keys in (_ACCURACY, _LOSS, _BYTES, _CLIENTS, _PRIVACY) for k, _ in keys) | _FLEET
+_PLOTTED = (
+    frozenset(k for keys in (_ACCURACY, _SPREAD, _LOSS, _BYTES, _CLIENTS, _PRIVACY) for k, _ in keys)
+    | {"fed_eval_global_client_p10"}
+    | _FLEET
+)
 TIER = ("tier_", "_completed")  # tier_<name>_completed: results from that tier this round
 
 
@@ -107,9 +118,12 @@ def figure(
 
 
 def figures(records: list[Record], summary: dict[str, Any]) -> list[Figure]:
-    """The report's plots, in page order: accuracy, loss, bytes, clients, and privacy if spent."""
-    out = [
-        figure(records, _ACCURACY, "Accuracy", "accuracy"),
+    """The report's plots, in page order: accuracy (and its spread over clients, when clients
+    were evaluated), loss, bytes, clients, and privacy if spent."""
+    out = [figure(records, _ACCURACY, "Accuracy", "accuracy")]
+    if any(r.get("fed_eval_client_mean") is not None for r in records):
+        out.append(figure(records, _SPREAD, "Accuracy per client (held-out data)", "accuracy"))
+    out += [
         figure(records, _LOSS, "Loss", "cross-entropy"),
         figure(records, _BYTES, "Bytes on the wire per round", "MB", 1e-6, from_zero=True),
         figure(records, _CLIENTS, "Clients per round", "clients", from_zero=True, integer_y=True),

@@ -115,7 +115,7 @@ class InProcessBackend(LocalClients):
 
     def evaluate(self, tasks: Sequence[EvalTask]) -> list[EvalResult | Failure]:
         return [
-            run_evaluate(self._app, t, self._data[t.client_id])
+            run_evaluate(self._app, t, self._data[t.client_id], self.client_states.get(t.client_id))
             if t.client_id in self._data.clients
             else unknown_client(t)
             for t in tasks

@@ -84,7 +84,7 @@ class _Worker:
                 out.append((encode(result), working if isinstance(result, TrainResult) else None))
             elif isinstance(task, EvalTask):
                 task = dataclasses.replace(task, params=arrays[index])
-                out.append((encode(run_evaluate(self.app, task, data)), None))
+                out.append((encode(run_evaluate(self.app, task, data, dict(state or {}))), None))
         return out
 
 
@@ -136,7 +136,7 @@ class RayBackend(LocalClients):
             if id(t.params) not in weights:
                 weights[id(t.params)] = len(refs)
                 refs.append(self._ray.put(t.params))
-            state = self.client_states.get(t.client_id) if isinstance(t, TrainTask) else None
+            state = self.client_states.get(t.client_id)  # evaluation reads a personal model
             job = (weights[id(t.params)], _strip(t), state)
             plan.setdefault(_worker_of(t.client_id, len(self._workers)), []).append((pos, job))
         calls = {w: self._workers[w].run.remote(refs, [j for _, j in jobs]) for w, jobs in plan.items()}

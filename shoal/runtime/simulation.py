@@ -37,7 +37,7 @@ from shoal.rng import Stream
 from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.runtime.history import History, MetricsLog, Record
-from shoal.runtime.validation import ResultLimits, check_claims, check_payload, norm_refusal
+from shoal.runtime.validation import ResultLimits, check_claims, check_eval, check_payload, norm_refusal
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.transforms.base import TransformContext, UpdateTransform, apply_server, clients_in
 from shoal.transforms.downlink import codec_for, compress_tasks
@@ -55,6 +55,32 @@ def initial_params(model: ModelFactory, seed: int) -> tuple[np.ndarray, ParamSpe
 
 def _rejected(result: TrainResult, reason: str) -> Failure:
     return Failure(result.round, result.client_id, FailureKind.REJECTED, reason)
+
+
+def federated_eval_record(results: Sequence[EvalResult]) -> Record:
+    """What federated evaluation reports: the example-weighted loss and accuracy, and how
+    accuracy spreads over clients (mean, 10th percentile, worst), which a personalized
+    model is judged by. Clients that personalize also report the global model's accuracy."""
+    n = sum(o.num_examples for o in results)
+    if not n:
+        return {"fed_eval_clients": 0}
+    acc = np.array([float(o.metrics["accuracy"]) for o in results])
+    record: Record = {
+        "fed_eval_loss": sum(float(o.metrics["loss"]) * o.num_examples for o in results) / n,
+        "fed_eval_accuracy": sum(float(o.metrics["accuracy"]) * o.num_examples for o in results) / n,
+        "fed_eval_clients": len(results),
+        "fed_eval_client_mean": float(acc.mean()),
+        "fed_eval_client_p10": float(np.percentile(acc, 10)),
+        "fed_eval_client_min": float(acc.min()),
+    }
+    scored = [o for o in results if "global_accuracy" in o.metrics]
+    if scored:
+        g = np.array([float(o.metrics["global_accuracy"]) for o in scored])
+        record["fed_eval_global_accuracy"] = sum(
+            float(o.metrics["global_accuracy"]) * o.num_examples for o in scored
+        ) / sum(o.num_examples for o in scored)
+        record["fed_eval_global_client_p10"] = float(np.percentile(g, 10))
+    return record
 
 
 class Simulation:
@@ -110,6 +136,7 @@ class Simulation:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir else None
         self.records: list[Record] = []
+        self.initial: Record = {}  # measured before round 1 (a pretrained start's accuracy)
         self.round = 0  # last completed round
         self.stopped: str | None = None  # why run() ended before its last round, if it did
 
@@ -252,17 +279,17 @@ class Simulation:
             counted = set()  # a round that did not commit moves no client's state either
         self.backend.commit(counted)
 
+    def test(self, params: np.ndarray) -> tuple[float, float] | None:
+        """Loss and accuracy of ``params`` on the server's test set (None: it has none)."""
+        if self._server is None or self.data.test is None:
+            return None
+        self._server.load(params)
+        return evaluate_module(self._server.module, self.data.test)
+
     def _evaluate(self, r: int, last: int, record: Record) -> None:
-        if (
-            self._server is not None
-            and self.data.test is not None
-            and self.eval_every
-            and (r % self.eval_every == 0 or r == last)
-        ):
-            self._server.load(self.params)
-            record["test_loss"], record["test_accuracy"] = evaluate_module(
-                self._server.module, self.data.test
-            )
+        due = self.eval_every and (r % self.eval_every == 0 or r == last)
+        if due and (tested := self.test(self.params)) is not None:
+            record["test_loss"], record["test_accuracy"] = tested
         if self.fed_every and (r % self.fed_every == 0 or r == last):
             record.update(self._federated_eval(r))
 
@@ -278,15 +305,8 @@ class Simulation:
         rng = RoundContext(r, self.seed).rng(Stream.FEDERATED_EVAL)
         chosen = sorted(rng.choice(len(holders), size=min(self.fed_clients, len(holders)), replace=False))
         outs = self.backend.evaluate([EvalTask(r, holders[i], self.params) for i in chosen])
-        ok = [o for o in outs if isinstance(o, EvalResult)]
-        n = sum(o.num_examples for o in ok)
-        if not n:
-            return {"fed_eval_clients": 0}
-        return {
-            "fed_eval_loss": sum(float(o.metrics["loss"]) * o.num_examples for o in ok) / n,
-            "fed_eval_accuracy": sum(float(o.metrics["accuracy"]) * o.num_examples for o in ok) / n,
-            "fed_eval_clients": len(ok),
-        }
+        # every answer is checked: a device's bad report costs its own score, not the round
+        return federated_eval_record([o for o in outs if isinstance(o, EvalResult) and check_eval(o) is None])
 
     def step(self, last: int) -> Record:
         """Run the next round and return its record."""

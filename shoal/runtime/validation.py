@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.errors import ConfigError
-from shoal.messages import TrainResult
+from shoal.messages import EvalResult, TrainResult
 from shoal.transforms.base import AGGREGATED
 
 
@@ -56,6 +56,28 @@ def check_claims(result: TrainResult, limits: ResultLimits) -> str | None:
     if cap is not None and result.num_examples > cap:
         return f"claims {result.num_examples} examples; the cap is {cap} (strategy.max_num_examples)"
     return norm_refusal(result, limits.max_update_norm)
+
+
+EVAL_SHARES = ("accuracy", "global_accuracy")  # shares of examples: in [0, 1]
+
+
+def check_eval(result: EvalResult) -> str | None:
+    """Why an evaluation cannot be counted (None: it can): it must report a finite loss
+    and an accuracy in [0, 1] (and the global model's, when it personalizes) over at
+    least one example. (It weighs only in the reported scores, never in the model.)"""
+    if result.num_examples < 1:
+        return f"claims {result.num_examples} evaluation examples"
+    for key in ("loss", *EVAL_SHARES):
+        value = result.metrics.get(key)
+        if value is None and key in ("loss", "accuracy"):
+            return f"reports no {key!r}"
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+        ):
+            return f"reports {key} = {value!r}, not a finite number"
+        if value is not None and key in EVAL_SHARES and not 0.0 <= value <= 1.0:
+            return f"reports {key} = {value}, outside [0, 1]"
+    return None
 
 
 def norm_refusal(result: TrainResult, bound: float | None) -> str | None:

@@ -32,6 +32,7 @@ from shoal.client.algorithm import (
     finish_all,
     local_data,
     registered,
+    start_params,
 )
 from shoal.client.app import finish_train
 from shoal.client.hparams import TorchTrainer
@@ -160,7 +161,7 @@ class CohortTrainer:
         k = len(tasks)
         states = list(states) if states is not None else [{} for _ in tasks]
         sizes = [len(d.train) for d in data]
-        runs = [local_run(self.hparams, t, n) for t, n in zip(tasks, sizes, strict=True)]
+        runs = [local_run(self.hparams, t.config, n, self.spec) for t, n in zip(tasks, sizes, strict=True)]
         algorithms = [active_for(t, run) for t, run in zip(tasks, runs, strict=True)]
         data = [
             local_data(chosen, t, d, run, self.module)
@@ -174,11 +175,15 @@ class CohortTrainer:
         if self._dense is not None:
             xs = xs.reshape(len(xs), -1)  # the MLP's Flatten
         offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)[:, None]  # [K, 1]
-        shared = all(t.params is tasks[0].params for t in tasks)  # FedAvg sends one model to all
+        # updates are taken from the model each task sent (the anchor of every term); training
+        # starts where the start hooks say (a client's personal layers over that model)
+        anchor = self._rows([t.params for t in tasks])
+        starts = [
+            start_params(chosen, t, s, run)
+            for chosen, t, s, run in zip(algorithms, tasks, states, runs, strict=True)
+        ]
         start = (
-            read_only_tensor(tasks[0].params)
-            if shared
-            else torch.stack([read_only_tensor(t.params) for t in tasks])
+            anchor if all(a is t.params for a, t in zip(starts, tasks, strict=True)) else self._rows(starts)
         )
         params = self._unstack(start.expand(k, -1))
         idx, wts = self._schedule(tasks, sizes, [r.steps for r in runs])
@@ -187,7 +192,7 @@ class CohortTrainer:
             combined_term(chosen, t, s, run)
             for chosen, t, s, run in zip(algorithms, tasks, states, runs, strict=True)
         ]
-        extra = self._extra_gradient(params, start, terms)
+        extra = self._extra_gradient(params, anchor, terms)
         if self._dense is not None:
             names = self.spec.names  # (weight, bias) per Linear, in order
             loss_sum, seen = train_dense(
@@ -201,7 +206,7 @@ class CohortTrainer:
             )
         else:
             loss_sum, seen = self._train_vmap(params, (xs, ys, idx + offsets), wts, lr, extra)
-        delta = torch.cat([p.reshape(k, -1) for p in params.values()], dim=1).sub_(start).numpy()
+        delta = torch.cat([p.reshape(k, -1) for p in params.values()], dim=1).sub_(anchor).numpy()
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
         results = []
         for i, t in enumerate(tasks):
@@ -218,32 +223,45 @@ class CohortTrainer:
         start: torch.Tensor,
         terms: Sequence[GradientTerm | None],
     ) -> Callable[[], dict[str, torch.Tensor]] | None:
-        """The client algorithms' per-step terms, ``coef (w - w_global) + shift`` per client,
-        as TorchClient adds them; None when no client has one."""
+        """The client algorithms' per-step terms, ``(coef + diag) (w - w_global) + shift`` per
+        client, as TorchClient adds them; None when no client has one."""
         coef = torch.tensor([t.coef if t is not None else 0.0 for t in terms])
-        shifts = [t.shift if t is not None else None for t in terms]
-        prox, shifted = bool(coef.any()), any(s is not None for s in shifts)
-        if not prox and not shifted:
+        shift = self._stacked([t.shift if t is not None else None for t in terms])
+        diag = self._stacked([t.diag if t is not None else None for t in terms])
+        prox = bool(coef.any())
+        if not prox and shift is None and diag is None:
             return None
         anchor = self.spec.split(start)  # [*shape] when shared, else [K, *shape]
-        zero = np.zeros(self.spec.num_params, np.float32)
-        drift = (
-            self.spec.split(torch.from_numpy(np.stack([zero if s is None else s for s in shifts])))
-            if shifted
-            else {}
-        )
 
         def extra() -> dict[str, torch.Tensor]:
             out = {}
             for name, p in params.items():
-                if prox:
-                    g = (p - anchor[name]).mul_(coef.view((-1,) + (1,) * (p.dim() - 1)))
-                    out[name] = g.add_(drift[name]) if shifted else g
-                else:
-                    out[name] = drift[name]
+                g = torch.zeros_like(p)
+                if prox or diag is not None:
+                    gap = p - anchor[name]
+                    if prox:
+                        g.add_(gap * coef.view((-1,) + (1,) * (p.dim() - 1)))
+                    if diag is not None:
+                        g.addcmul_(diag[name], gap)
+                out[name] = g.add_(shift[name]) if shift is not None else g
             return out
 
         return extra
+
+    @staticmethod
+    def _rows(vectors: Sequence[np.ndarray]) -> torch.Tensor:
+        """One vector as ``[D]`` when all are the same array (FedAvg sends one model to
+        all), else the ``[K, D]`` stack."""
+        if all(v is vectors[0] for v in vectors):
+            return read_only_tensor(vectors[0])
+        return torch.stack([read_only_tensor(v) for v in vectors])
+
+    def _stacked(self, vectors: Sequence[np.ndarray | None]) -> dict[str, torch.Tensor] | None:
+        """``[K, *shape]`` views of K clients' flat vectors (None: zero); None if all are."""
+        if all(v is None for v in vectors):
+            return None
+        zero = np.zeros(self.spec.num_params, np.float32)
+        return self.spec.split(torch.from_numpy(np.stack([zero if v is None else v for v in vectors])))
 
     def _train_vmap(
         self,

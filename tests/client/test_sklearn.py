@@ -49,7 +49,7 @@ def test_the_weights_travel_exactly_and_sklearn_agrees_with_the_torch_forward_pa
         net = model()
         shoal.to_module(params, spec, net)
         torch_acc = float((net(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
-        result = app.evaluate(EvalTask(1, "a", params), client)
+        result = app.evaluate(EvalTask(1, "a", params), client, {})
         assert result.metrics["accuracy"] == pytest.approx(torch_acc)
         trained = app.train(TrainTask(1, "a", params, seed=3), client, {})
         assert trained.payload["delta"].dtype == np.float32 and np.abs(trained.payload["delta"]).max() > 0

@@ -328,7 +328,7 @@ class _Moody:
             raise RuntimeError("out of memory on the device")
         return self.inner.train(task, data, state)
 
-    def evaluate(self, task, data):
+    def evaluate(self, task, data, state):
         return self.inner.evaluate(task, data)
 
 

@@ -151,3 +151,20 @@ def test_natural_client_datasets_show_their_own_keys_and_no_partition() -> None:
     assert {"beta1", "tau"} <= set(shown["strategy"]) and "beta2" not in shown["strategy"]
     assert "accountant" not in shown["privacy"] and "clip_norm" in shown["privacy"]  # local DP
     assert shown["cohort_size"] == 32 and off == ["secagg", "he", "compression"]  # "auto": vectorized
+
+
+def test_per_client_spread_is_plotted_when_clients_were_evaluated() -> None:
+    records = _records(3)
+    assert [f.axes[0].get_title() for f in figures(records, {})][:2] == ["Accuracy", "Loss"]
+    for r in records:
+        r.update(
+            fed_eval_accuracy=0.8, fed_eval_client_mean=0.78, fed_eval_client_p10=0.6,
+            fed_eval_client_min=0.4, fed_eval_global_accuracy=0.5, fed_eval_global_client_p10=0.1,
+        )  # fmt: skip
+    spread = figures(records, {})[1].axes[0]
+    assert spread.get_title() == "Accuracy per client (held-out data)"
+    legend = spread.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "mean client", "10th percentile", "worst client", "global model (holdouts)",
+    ]  # fmt: skip

@@ -98,7 +98,7 @@ class _CrashOnce:
             os._exit(1)
         return self.inner.train(task, data, state)
 
-    def evaluate(self, task, data):
+    def evaluate(self, task, data, state):
         return self.inner.evaluate(task, data)
 
 

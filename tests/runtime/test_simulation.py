@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import shoal
-from shoal.client import TorchTrainer
+from shoal.client import ClientState, TorchTrainer
 from shoal.data import ClientData, FederatedDataset
 from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
 from shoal.params import from_module, model_hash
@@ -95,7 +95,7 @@ class Flaky:
             return dataclasses.replace(result, metrics={"train_loss": float("nan")})
         return result
 
-    def evaluate(self, task: EvalTask, data: ClientData) -> EvalResult:
+    def evaluate(self, task: EvalTask, data: ClientData, state: ClientState) -> EvalResult:
         return self.inner.evaluate(task, data)
 
 

@@ -27,7 +27,7 @@ class Poisoner:
         evil = np.full_like(r.payload["delta"], 3e38)
         return TrainResult(r.round, r.client_id, 10**9, {"delta": evil}, r.metrics)
 
-    def evaluate(self, task, data):
+    def evaluate(self, task, data, state):
         return self.inner.evaluate(task, data)
 
 
@@ -72,7 +72,7 @@ def test_client_metrics_reach_the_record_with_their_declared_reducer(small_mlp, 
             extra = {"f1": 0.5, "peak_mb": float(task.client_id)}
             return TrainResult(r.round, r.client_id, r.num_examples, r.payload, {**r.metrics, **extra})
 
-        def evaluate(self, task, data):
+        def evaluate(self, task, data, state):
             return self.inner.evaluate(task, data)
 
     class Builder:

@@ -116,7 +116,7 @@ def test_a_result_without_a_sound_control_delta_is_rejected(two_clients):
                 return TrainResult(r.round, r.client_id, r.num_examples, {"delta": r.payload["delta"]})
             return r
 
-        def evaluate(self, task, data):
+        def evaluate(self, task, data, state):
             return self.inner.evaluate(task, data)
 
     class Builder:
