@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -26,17 +27,31 @@ from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError, DataError
 from shoal.models import ModelFactory, char_lstm, cnn_bn, mcmahan_2nn, mcmahan_cnn, mlp
-from shoal.params import ParamSpec
+from shoal.params import ParamSpec, save_params
 from shoal.pretrain import start
 from shoal.runtime.backend import Backend, InProcessBackend
-from shoal.runtime.history import History
+from shoal.runtime.history import History, MetricsLog, Record
 from shoal.runtime.simulation import Callback, Simulation
 from shoal.runtime.vectorized import VectorizedBackend, cohort_supported, cohorts_pay_off
 from shoal.strategy.base import Strategy
 from shoal.transforms.base import UpdateTransform
 
+if TYPE_CHECKING:
+    from shoal.split.config import SplitConfig
+
 
 def load_data(cfg: RunConfig) -> FederatedDataset:
+    """The clients' data ``cfg`` names; with ``[continual] drift``, following its schedule."""
+    data = _load_data(cfg)
+    schedule = cfg.continual.schedule(data, cfg.seed)
+    if schedule is None:
+        return data
+    from shoal.data.drift import drifting
+
+    return drifting(data, schedule)
+
+
+def _load_data(cfg: RunConfig) -> FederatedDataset:
     d = cfg.data
     if isinstance(d.dataset, Ref):  # the user's loader: their own clients, or one set to partition
         offered = {
@@ -409,8 +424,64 @@ def run(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> Hi
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
     (out_dir / "metrics.jsonl").write_text("")
+    if cfg.split.protocol is not None:
+        return run_split(cfg, out_dir, callbacks)
     sim = build(cfg, out_dir)
     return finish(sim, sim.run(cfg.rounds, callbacks), cfg, out_dir)
+
+
+def split_config(cfg: RunConfig, data: FederatedDataset) -> SplitConfig:
+    """The split-learning settings ``cfg`` describes: [split], with [trainer]'s SGD and
+    [strategy]'s round size."""
+    from shoal.split.config import SplitConfig
+
+    assert cfg.split.protocol is not None
+    t = cfg.trainer
+    return SplitConfig(
+        cuts=cfg.split.cuts,
+        protocol=cfg.split.protocol,
+        lr=t.lr,
+        batch_size=t.batch_size,
+        local_epochs=t.local_epochs,
+        clients_per_round=cfg.strategy.clients_per_round,
+        seed=cfg.seed,
+        activation_noise=cfg.split.activation_noise,
+        noise=cfg.split.activation_rng,
+        max_num_examples=cfg.strategy.max_num_examples or max(max(data.sizes().values()), 1),
+    )
+
+
+def run_split(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> History:
+    """A split-learning run (``[split]``) into ``out_dir``: the same files as a federated one."""
+    from shoal.split.runner import run_split as train
+
+    data = load_data(cfg)
+    model = model_factory(cfg, data)
+    log = MetricsLog(out_dir / "metrics.jsonl")
+
+    def record(r: Record) -> None:
+        log.append(r)
+        for cb in callbacks:
+            cb(r)
+
+    history = train(model, data, split_config(cfg, data), cfg.rounds, cfg.eval.eval_every, on_record=record)
+    save_params(
+        out_dir / "model.safetensors", history.params, history.spec, {"model_hash": history.model_hash}
+    )
+    summary = {
+        "rounds": len(history.records),
+        "final_test_accuracy": history.final_accuracy,
+        "model_hash": history.model_hash,
+        "bytes_up": history.bytes_up,
+        "bytes_down": history.bytes_down,
+        "device_flops": sum(int(r["device_flops"]) for r in history.records),
+        "num_params": history.spec.num_params,
+        "seed": cfg.seed,
+        "backend": f"split learning ({cfg.split.protocol})",
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    history.extra["summary"] = summary
+    return history
 
 
 def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callback] = ()) -> History:
@@ -418,6 +489,8 @@ def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callbac
     if not (out_dir / "config.toml").is_file():
         raise CheckpointError(f"{out_dir} has no config.toml; pass the folder of a shoal run")
     cfg = cfgmod.load(out_dir / "config.toml")
+    if cfg.split.protocol is not None:
+        raise CheckpointError("a split-learning run keeps no checkpoints to resume from; run it again")
     sim = build(cfg, out_dir, resuming=True)
     sim.resume()
     return finish(sim, sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAZY = ["shoal", "shoal.client", "shoal.config", "shoal.fleet", "shoal.runtime"]
+LAZY = ["shoal", "shoal.client", "shoal.config", "shoal.fleet", "shoal.runtime", "shoal.split"]
 HEAVY = ("torch", "dp_accounting", "scipy", "matplotlib")
 
 
@@ -60,5 +60,6 @@ def test_the_built_in_client_algorithms_register_whatever_was_imported_first():
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
-    for name in ("dp_sgd", "feddyn", "fednova", "fedprox", "scaffold"):
+    for name in ("dp_sgd", "feddyn", "fednova", "fedprox", "scaffold", "fedper", "fedrep", "fedbn", "ditto",
+                 "apfl", "finetune", "ewc", "replay", "attack"):  # fmt: skip
         assert name in done.stdout, done.stdout

@@ -99,7 +99,13 @@ class HostileDevice(ClientAlgorithm):
         return attack in ON_DEVICE and hostile(task.client_id, hp.attack_fraction, hp.attack_seed)
 
     def local_data(
-        self, task: TrainTask, data: ClientData, run: LocalRun, classes: Callable[[], int]
+        self,
+        task: TrainTask,
+        data: ClientData,
+        run: LocalRun,
+        classes: Callable[[], int],
+        state: ClientState,
+        module: torch.nn.Module,
     ) -> ClientData:
         attack, train = AttackName(run.trainer.attack), data.train
         if attack is AttackName.LABEL_FLIP:

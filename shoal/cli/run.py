@@ -63,7 +63,7 @@ def handle(args: argparse.Namespace, console: Console) -> int:
         done = len(MetricsLog(out / "metrics.jsonl").read())
     console.print(
         f"[bold]shoal[/bold] {label(cfg.data.dataset)} / {label(cfg.model.name)} / "
-        f"{label(cfg.strategy.name)}: "
+        f"{label(cfg.split.protocol or cfg.strategy.name)}: "
         f"{cfg.rounds} rounds, {cfg.strategy.clients_per_round} of {cfg.data.num_clients} clients a round"
     )
     try:

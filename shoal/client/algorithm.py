@@ -22,8 +22,8 @@ Every hook has a no-op default, so an algorithm implements only what it changes:
   layers put back over the global model's).
 - ``local_loop()``: replaces the minibatch loop (DP-SGD's per-example clipping; FedRep's
   turns, Ditto's and APFL's second model, which train through the trainer's ``fit``).
-- ``local_data(task, data, run, classes)``: the data the device trains on (a hostile
-  device's label flipping or backdoor trigger).
+- ``local_data(task, data, run, classes, state, module)``: the data the device trains on
+  (a hostile device's label flipping or backdoor trigger, replay's remembered examples).
 - ``finish(task, state, delta, run)``: what it adds to the result's payload and
   metrics, and what it keeps in the client's state (changed in place; the runtime
   commits it only when the server counts the result). It may zero coordinates of
@@ -177,10 +177,19 @@ class ClientAlgorithm:
         return None
 
     def local_data(
-        self, task: TrainTask, data: ClientData, run: LocalRun, classes: Callable[[], int]
+        self,
+        task: TrainTask,
+        data: ClientData,
+        run: LocalRun,
+        classes: Callable[[], int],
+        state: ClientState,
+        module: nn.Module,
     ) -> ClientData:
-        """The data the device trains on (data poisoning rewrites it); ``classes()`` gives
-        the model's number of outputs, computed only if asked."""
+        """The data the device trains on (data poisoning rewrites it, replay adds to it);
+        ``classes()`` gives the model's number of outputs, computed only if asked. ``state``
+        is the client's working state (changed in place, kept on ``finish``'s terms);
+        ``module`` is the trainer's, not at the task's weights: evaluate it with
+        ``torch.func.functional_call`` at the weights meant (EWC's Fisher)."""
         return data
 
     def finish(self, task: TrainTask, state: ClientState, delta: np.ndarray, run: LocalRun) -> ClientOutput:
@@ -206,13 +215,16 @@ _BUILTINS = (
     "shoal.strategy.feddyn",
     "shoal.privacy.dp_sgd",
     "shoal.personal",  # personalization: before the attacks, which may rewrite a whole update
-    "shoal.attacks.poison",  # hostile devices, for evaluating defences
+    "shoal.continual.ewc",  # its Fisher on the device's own data, before replay mixes the past in
+    "shoal.continual.replay",
+    "shoal.attacks.poison",  # hostile devices (evaluation only), after replay: they poison it too
 )
 _loaded = False
 
 
 def load_builtins() -> None:
-    """Register the built-in client algorithms (FedProx, SCAFFOLD, FedNova, FedDyn, DP-SGD)."""
+    """Register the built-in client algorithms (FedProx, SCAFFOLD, FedNova, FedDyn, DP-SGD,
+    personalization, replay and EWC, hostile devices)."""
     global _loaded
     if not _loaded:
         _loaded = True
@@ -263,6 +275,7 @@ def local_data(
     data: ClientData,
     run: LocalRun,
     module: nn.Module,
+    state: ClientState,
 ) -> ClientData:
     """The data after every algorithm's ``local_data`` hook, in order."""
 
@@ -275,7 +288,7 @@ def local_data(
         return width
 
     for a in algorithms:
-        data = a.local_data(task, data, run, classes)
+        data = a.local_data(task, data, run, classes, state, module)
     return data
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shoal.config.names import AttackName, OptimizerName, PersonalizationName
+from shoal.continual.config import ContinualConfig
 from shoal.errors import ConfigError
 from shoal.rng import NoiseName
 
@@ -79,8 +80,10 @@ class TorchTrainer:
     attack_scale: float | None = None
     attack_seed: int = 0
     attack_target: int = 0  # backdoor: the label triggered inputs are taught to get
-    # the [personalization] table, which the config puts here so that every device has it
+    # the [personalization] and [continual] tables, which the config puts here so that every
+    # device has them (replay and EWC run on the device)
     personalization: Personalization = field(default_factory=Personalization, metadata={"table": True})
+    continual: ContinualConfig = field(default_factory=ContinualConfig, metadata={"table": True})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))

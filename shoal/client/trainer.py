@@ -87,7 +87,7 @@ class TorchClient:
         run = local_run(self.hparams, task.config, n, self.flat.spec)
         self._run = run.trainer
         algorithms = active_for(task, run)  # FedProx, SCAFFOLD, DP-SGD, ...: whatever the task asks
-        data = local_data(algorithms, task, data, run, self.module)
+        data = local_data(algorithms, task, data, run, self.module, state)
         term = combined_term(algorithms, task, state, run)
         start = start_params(algorithms, task, state, run)
         loop = local_loop(algorithms)

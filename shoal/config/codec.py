@@ -31,8 +31,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 SECTIONS = (
-    "data", "model", "strategy", "trainer", "personalization",
-    "eval", "privacy", "secagg", "he", "compression",
+    "data", "model", "strategy", "trainer", "personalization", "continual",
+    "eval", "privacy", "secagg", "he", "compression", "split",
 )  # fmt: skip
 
 
@@ -187,7 +187,8 @@ def _plain(value: Any) -> Any:
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = _plain(dataclasses.asdict(cfg))
-    del out["trainer"]["personalization"]  # its own table, [personalization]
+    for table in ("personalization", "continual"):  # tables of their own, not [trainer] keys
+        del out["trainer"][table]
     return out
 
 

@@ -143,3 +143,20 @@ class PersonalizationName(enum.StrEnum):
     def layered(self) -> bool:
         """Keeps some of the model's own layers on the device (the others are shared)."""
         return self in (PersonalizationName.FEDPER, PersonalizationName.FEDREP, PersonalizationName.FEDBN)
+
+
+class SplitProtocol(enum.StrEnum):
+    """How the devices of a round share the server (shoal/split/).
+
+    SPLITNN (Gupta & Raskar 2018): one server part; devices take turns, each starting from
+    the device weights the previous one left (relayed through the server).
+    SPLITFED_V1 (Thapa et al. 2022): devices train in parallel from the same device weights,
+    each with its own copy of the server part; at the end of the round both the device parts
+    and the server copies are averaged, weighted by examples (FedAvg).
+    SPLITFED_V2 (same paper): as V1, but one shared server part that trains on the devices'
+    batches one device after another; only the device parts are averaged.
+    """
+
+    SPLITNN = "splitnn"
+    SPLITFED_V1 = "splitfed-v1"
+    SPLITFED_V2 = "splitfed-v2"

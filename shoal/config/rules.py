@@ -46,6 +46,18 @@ def check(cfg: RunConfig) -> None:
     _check_client_algorithm(cfg)
     _check_attack(cfg)
     _check_personalization(cfg)
+    if cfg.split.protocol is not None:
+        _check_split(cfg)
+    if cfg.continual.drift_rounds and max(cfg.continual.drift_rounds) > cfg.rounds:
+        raise ConfigError(
+            f"continual.drift_rounds {list(cfg.continual.drift_rounds)} reach past the run's {cfg.rounds} "
+            "rounds: the data would never change; lower them or raise rounds"
+        )
+    if cfg.continual.drift is not None and cfg.backend is BackendName.RAY:
+        raise ConfigError(
+            'continual.drift changes the clients\' data every round, but backend = "ray" ships each '
+            'actor its clients\' data once: use backend = "inprocess" or "vectorized"'
+        )
     if cfg.model.init == "pretrain" and cfg.model.pretrain_dataset == cfg.data.dataset:
         raise ConfigError(
             f"model.pretrain_dataset is the devices' own dataset ({label(cfg.data.dataset)}): the server "
@@ -60,6 +72,37 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError("choose one of secure aggregation ([secagg]) and homomorphic aggregation ([he])")
     if cfg.secagg.mode is not SecAggMode.NONE or cfg.he.enabled:
         _check_hidden_updates(cfg)
+
+
+def _check_split(cfg: RunConfig) -> None:
+    """Split learning runs its own protocol: FedAvg's update path does not apply to it."""
+    unused = [
+        name
+        for name, on in (
+            ("[privacy]", cfg.privacy.mode is not PrivacyMode.NONE),
+            ("[secagg]", cfg.secagg.mode is not SecAggMode.NONE),
+            ("[he]", cfg.he.enabled),
+            ("[compression]", cfg.compression.uplink is not CompressorName.NONE),
+            ("[personalization]", cfg.personalization.method is not None),
+            ("[continual]", cfg.continual.drift is not None),
+            ("fleet", cfg.fleet is not None),
+            ("trainer.attack", cfg.trainer.attack is not None),
+            ("strategy.aggregator", cfg.strategy.robust_aggregator() is not None),
+            ("model.init", cfg.model.init != "random"),
+        )
+        if on
+    ]
+    if unused:
+        raise ConfigError(
+            f"split.protocol = {cfg.split.protocol!s} exchanges activations and gradients, not updates: "
+            f"{', '.join(unused)} do not apply to it; drop them or drop [split]"
+        )
+    t = cfg.trainer
+    if t.optimizer.value != "sgd" or t.momentum or t.weight_decay:
+        raise ConfigError(
+            "split learning trains both sides with plain SGD (no state to relay or average): set "
+            "trainer.optimizer = 'sgd', momentum = 0 and weight_decay = 0"
+        )
 
 
 def _check_personalization(cfg: RunConfig) -> None:

@@ -27,8 +27,10 @@ from shoal.config.names import (
     PreAggregationName,
     PrivacyMode,
     SecAggMode,
+    SplitProtocol,
     StrategyName,
 )
+from shoal.continual.config import ContinualConfig
 from shoal.errors import ConfigError
 from shoal.rng import NoiseName
 from shoal.sampling import SamplingKind
@@ -592,6 +594,35 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class SplitSection:
+    """``[split]``: split learning instead of FedAvg's whole-model rounds (shoal/split/). The
+    device trains the layers before ``cuts[0]``; the server the rest (or, U-shaped with two
+    cuts, the layers between them, the head staying on the device). Devices train with the
+    [trainer]'s lr, batch_size and local_epochs (plain SGD), [strategy] clients_per_round."""
+
+    protocol: SplitProtocol | None = None  # None: not a split-learning run
+    cuts: tuple[int, ...] = ()  # layer indices of the model's nn.Sequential
+    # Gaussian noise on what a device sends (std, in activation units): it blurs the
+    # activations; it is not differential privacy (nothing bounds their sensitivity)
+    activation_noise: float = 0.0
+    activation_rng: NoiseName = NoiseName.SECURE  # "seeded": reproducible noise, for experiments only
+
+    def __post_init__(self) -> None:
+        if self.protocol is not None:
+            object.__setattr__(self, "protocol", SplitProtocol(self.protocol))
+            if len(self.cuts) not in (1, 2):
+                raise ConfigError(
+                    "split.cuts must name one layer index (vanilla) or two (U-shaped: the head stays "
+                    f"on the device), got {list(self.cuts)}; e.g. cuts = [3]"
+                )
+        elif self.cuts:
+            raise ConfigError("split.cuts is read only with split.protocol set (e.g. 'splitnn')")
+        object.__setattr__(self, "activation_rng", NoiseName(self.activation_rng))
+        if not (self.activation_noise >= 0 and math.isfinite(self.activation_noise)):
+            raise ConfigError(f"split.activation_noise must be a std >= 0, got {self.activation_noise}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     # 30 rounds of 10 clients x 5 epochs on the MNIST subset reach ~95% in about a minute.
     rounds: int = 30
@@ -614,11 +645,13 @@ class RunConfig:
         default_factory=lambda: TorchTrainer(lr=0.05, local_epochs=5, batch_size=10)
     )
     personalization: Personalization = field(default_factory=Personalization)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     he: HEConfig = field(default_factory=HEConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    split: SplitSection = field(default_factory=SplitSection)
 
     def __post_init__(self) -> None:
         _at_least("rounds", self.rounds, 1)
@@ -632,5 +665,9 @@ class RunConfig:
         if self.client is not None:
             object.__setattr__(self, "client", Ref.parse("client", self.client))
         # every device builds its trainer from [trainer]; personalization travels with it
-        object.__setattr__(self, "trainer", replace(self.trainer, personalization=self.personalization))
+        object.__setattr__(
+            self,
+            "trainer",
+            replace(self.trainer, personalization=self.personalization, continual=self.continual),
+        )
         rules.check(self)

@@ -106,6 +106,14 @@ class FederatedDataset:
         ids = getattr(self.clients, "ids", None)  # a population lists its ids without storing them
         return ids if isinstance(ids, Sequence) else list(self.clients)
 
+    def at_round(self, round: int) -> None:
+        """Ready ``clients`` for ``round`` (the loop calls it first thing each round): data
+        that drifts (``shoal/data/drift.py``) changes with the round; fixed data does not."""
+
+    def test_sets(self) -> dict[str, ArrayDataset]:
+        """Named test sets the loop scores beside ``test`` (a drift's old and new data)."""
+        return {}
+
     def sizes(self) -> Mapping[str, int]:
         """Each client's training-set size (a population reads them without making its data)."""
         sizes = getattr(self.clients, "sizes", None)

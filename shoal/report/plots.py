@@ -17,7 +17,12 @@ from shoal.runtime.history import Record
 _STYLES = (("C0", "-", "o"), ("C1", "--", "s"), ("C2", ":", "^"), ("C3", "-.", "D"))
 
 # The series of the report's fixed plots, as (record key, legend label).
-_ACCURACY = (("test_accuracy", "central test"), ("fed_eval_accuracy", "client holdouts"))
+_ACCURACY = (
+    ("test_accuracy", "central test"),
+    ("fed_eval_accuracy", "client holdouts"),
+    ("test_accuracy_old", "old data (drift)"),  # a drift's first stage, and what came later
+    ("test_accuracy_new", "new data (drift)"),
+)
 _LOSS = (
     ("train_loss", "train (clients)"),
     ("test_loss", "central test"),

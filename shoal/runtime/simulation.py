@@ -132,7 +132,8 @@ class Simulation:
                 raise ConfigError("a deployed server's clients are remote: pass the network backend")
             backend = InProcessBackend(trainer or TorchTrainer(), model, data, transforms, seed)
         self.backend = backend
-        self._server = FlatModule(model()) if data.test is not None else None
+        self._tests = data.test_sets() if isinstance(data, FederatedDataset) else {}
+        self._server = FlatModule(model()) if data.test is not None or self._tests else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir else None
         self.records: list[Record] = []
@@ -238,6 +239,8 @@ class Simulation:
 
     def stop_reason(self) -> str | None:
         """Why the next round must not run (a transform's spent budget), or None."""
+        if isinstance(self.data, FederatedDataset):
+            self.data.at_round(self.round + 1)  # the population the next round samples from
         ctx = self._transform_context(self.round + 1, len(self.available()))
         for t in self.transforms:
             if reason := t.stop_reason(ctx):
@@ -290,6 +293,11 @@ class Simulation:
         due = self.eval_every and (r % self.eval_every == 0 or r == last)
         if due and (tested := self.test(self.params)) is not None:
             record["test_loss"], record["test_accuracy"] = tested
+        if due and self._tests:  # named test sets: a drift's old and new data
+            assert self._server is not None
+            self._server.load(self.params)
+            for name, data in self._tests.items():
+                record[f"test_accuracy_{name}"] = evaluate_module(self._server.module, data)[1]
         if self.fed_every and (r % self.fed_every == 0 or r == last):
             record.update(self._federated_eval(r))
 
@@ -311,6 +319,8 @@ class Simulation:
     def step(self, last: int) -> Record:
         """Run the next round and return its record."""
         r = self.round + 1
+        if isinstance(self.data, FederatedDataset):
+            self.data.at_round(r)  # drifting client data: before anything reads it
         start = time.perf_counter()
         record: Record = {"round": r, "aborted": False}
         client_metrics: dict[str, float] = {}

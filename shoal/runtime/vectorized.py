@@ -163,13 +163,14 @@ class CohortTrainer:
         sizes = [len(d.train) for d in data]
         runs = [local_run(self.hparams, t.config, n, self.spec) for t, n in zip(tasks, sizes, strict=True)]
         algorithms = [active_for(t, run) for t, run in zip(tasks, runs, strict=True)]
-        data = [
-            local_data(chosen, t, d, run, self.module)
-            for chosen, t, d, run in zip(algorithms, tasks, data, runs, strict=True)
-        ]
         for a in {a for chosen in algorithms for a in chosen}:
             if reason := a.cohort_unsupported() or (a.local_loop() and "it replaces the local loop"):
                 raise ValueError(f"the cohort path cannot run {a.name}: {reason}")
+        data = [
+            local_data(chosen, t, d, run, self.module, s)
+            for chosen, t, d, run, s in zip(algorithms, tasks, data, runs, states, strict=True)
+        ]
+        claimed, sizes = sizes, [len(d.train) for d in data]  # what the hooks left to train on
         xs = torch.cat([d.train.x for d in data])  # [sum n, ...]: the cohort's samples, client after client
         ys = torch.cat([d.train.y for d in data])
         if self._dense is not None:
@@ -214,7 +215,7 @@ class CohortTrainer:
             out = finish_all(algorithms[i], t, states[i], delta[i], runs[i])
             metrics = {"train_loss": train_loss[i], "local_steps": runs[i].steps, **out.metrics}
             payload = {"delta": delta[i], **out.payload}
-            results.append(TrainResult(t.round, t.client_id, sizes[i], payload, metrics))
+            results.append(TrainResult(t.round, t.client_id, claimed[i], payload, metrics))
         return results
 
     def _extra_gradient(

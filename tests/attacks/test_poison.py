@@ -106,7 +106,7 @@ def test_label_flipping_trains_on_mirrored_labels(fed_digits, small_mlp):
     hp = TorchTrainer(attack="label-flip", attack_fraction=1.0)
     task = TrainTask(1, "0", from_module(small_mlp())[0], seed=0)
     run = local_run(hp, task.config, len(fed_digits["0"].train))
-    poisoned = local_data([HostileDevice()], task, fed_digits["0"], run, small_mlp())
+    poisoned = local_data([HostileDevice()], task, fed_digits["0"], run, small_mlp(), {})
     assert (poisoned.train.y == 9 - fed_digits["0"].train.y).all()  # 10 classes: y -> 9 - y
     assert poisoned.train.x is fed_digits["0"].train.x
 

@@ -168,3 +168,13 @@ def test_per_client_spread_is_plotted_when_clients_were_evaluated() -> None:
     assert [t.get_text() for t in legend.get_texts()] == [
         "mean client", "10th percentile", "worst client", "global model (holdouts)",
     ]  # fmt: skip
+
+
+def test_a_drifting_run_plots_old_and_new_data_on_the_accuracy_plot() -> None:
+    records = _records(3)
+    for r in records:
+        r.update(test_accuracy_old=0.9 - 0.3 * r["round"], test_accuracy_new=0.1 * r["round"])
+    accuracy = figures(records, {})[0].axes[0]
+    legend = accuracy.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["central test", "old data (drift)", "new data (drift)"]

@@ -1,0 +1,140 @@
+"""Split-learning messages on the wire, by the principles of :mod:`shoal.messages`.
+
+::
+
+    b"SHS1" | u32 little-endian header length | UTF-8 JSON header | raw array bytes
+
+The header names the type, its scalar fields and, per array, its dtype (float32 or int64,
+little-endian), shape and offset. Decoding checks the magic, every length and offset, each
+dtype against the allow-list, each field's type and that no field is missing or unknown,
+before a message is built; nothing is unpickled. It has its own magic because its types
+are not the round loop's: a split message handed to :func:`shoal.messages.decode` (or the
+reverse) is refused by its magic, not misread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any, Final
+
+import numpy as np
+
+from shoal.errors import WireFormatError
+from shoal.split.messages import MESSAGE_TYPES, SplitMessage
+
+MAGIC: Final = b"SHS1"
+_DTYPES: Final = frozenset({"<f4", "<i8"})  # tensors and labels; nothing else travels here
+_TYPES: Final = {cls.__name__: cls for cls in MESSAGE_TYPES}
+_SCALARS: Final[dict[str, type]] = {"int": int, "bool": bool, "str": str}
+
+
+def _arrays(msg: SplitMessage) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for name, kind in msg._WIRE.items():
+        value = getattr(msg, name)
+        if kind.startswith("array") and value is not None:
+            out.append((name, value))
+    return out
+
+
+def _header(msg: SplitMessage) -> tuple[bytes, list[np.ndarray]]:
+    fields = {n: getattr(msg, n) for n, kind in msg._WIRE.items() if kind in _SCALARS}
+    specs, arrays, offset = [], [], 0
+    for name, arr in _arrays(msg):
+        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        if le.dtype.str not in _DTYPES:
+            raise WireFormatError(f"{name} has dtype {le.dtype.str}; split messages carry {sorted(_DTYPES)}")
+        specs.append({"name": name, "dtype": le.dtype.str, "shape": list(le.shape), "offset": offset})
+        arrays.append(le)
+        offset += le.nbytes
+    header = {"type": type(msg).__name__, "fields": fields, "arrays": specs}
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), arrays
+
+
+def encoded_size(msg: SplitMessage) -> int:
+    """Exact length of ``encode(msg)``, without copying the arrays."""
+    head, arrays = _header(msg)
+    return len(MAGIC) + 4 + len(head) + sum(a.nbytes for a in arrays)
+
+
+def encode(msg: SplitMessage) -> bytes:
+    head, arrays = _header(msg)
+    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *(a.tobytes() for a in arrays)])
+
+
+def decode(data: bytes | bytearray | memoryview, max_bytes: int) -> SplitMessage:
+    """A message from ``data`` of at most ``max_bytes``; WireFormatError on anything malformed."""
+    buf = memoryview(data).cast("B")
+    if len(buf) > max_bytes:
+        raise WireFormatError(f"a split message of {len(buf)} bytes exceeds the limit of {max_bytes}")
+    if len(buf) < 8 or bytes(buf[:4]) != MAGIC:
+        raise WireFormatError("not a split-learning message (bad magic)")
+    (hlen,) = struct.unpack("<I", buf[4:8])
+    if 8 + hlen > len(buf):
+        raise WireFormatError(f"header length {hlen} runs past the end of a {len(buf)}-byte message")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireFormatError(f"message header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict) or set(header) != {"type", "fields", "arrays"}:
+        raise WireFormatError("the header must hold exactly type, fields and arrays")
+    cls = _TYPES.get(header["type"]) if isinstance(header["type"], str) else None
+    if cls is None:
+        raise WireFormatError(f"unknown split message type; expected one of {sorted(_TYPES)}")
+    arrays = _decode_arrays(header["arrays"], buf[8 + hlen :])
+    kwargs = _decode_fields(cls, header["fields"], arrays)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise WireFormatError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def _decode_arrays(specs: Any, body: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(specs, list):
+        raise WireFormatError("header 'arrays' must be a list")
+    out: dict[str, np.ndarray] = {}
+    end = 0
+    for spec in specs:
+        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape", "offset"}:
+            raise WireFormatError("each array entry needs exactly name, dtype, shape, offset")
+        name, dtype, shape, offset = spec["name"], spec["dtype"], spec["shape"], spec["offset"]
+        if not isinstance(name, str) or name in out:
+            raise WireFormatError(f"array name {name!r} is not a unique string")
+        if dtype not in _DTYPES:
+            raise WireFormatError(f"array {name!r}: dtype {dtype!r} not allowed")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise WireFormatError(f"array {name!r}: shape must be a list of non-negative ints")
+        if type(offset) is not int or offset != end:
+            raise WireFormatError(f"array {name!r}: offset {offset!r}, expected {end}")
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if offset + nbytes > len(body):
+            raise WireFormatError(f"array {name!r} ({nbytes} bytes) runs past the end of the message")
+        out[name] = np.frombuffer(body[offset : offset + nbytes], dtype=dtype).reshape(shape)
+        end = offset + nbytes
+    if end != len(body):
+        raise WireFormatError(f"{len(body) - end} trailing bytes after the last array")
+    return out
+
+
+def _decode_fields(cls: type[SplitMessage], raw: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise WireFormatError("header 'fields' must be an object")
+    kwargs: dict[str, Any] = {}
+    for name, kind in cls._WIRE.items():
+        if kind.startswith("array"):
+            if name not in arrays and kind == "array":
+                raise WireFormatError(f"{cls.__name__} is missing array {name!r}")
+            kwargs[name] = arrays.get(name)
+        else:
+            if name not in raw:
+                raise WireFormatError(f"{cls.__name__} is missing field {name!r}")
+            if type(raw[name]) is not _SCALARS[kind]:  # bool is not an int here, on purpose
+                raise WireFormatError(f"{cls.__name__}.{name} must be {kind}")
+            kwargs[name] = raw[name]
+    scalars = {n for n, k in cls._WIRE.items() if k in _SCALARS}
+    unknown = (set(raw) - scalars) | (set(arrays) - (set(cls._WIRE) - scalars))
+    if unknown:
+        raise WireFormatError(f"{cls.__name__} has unexpected entries {sorted(unknown)}")
+    return kwargs
