@@ -61,26 +61,27 @@ def federated_eval_record(results: Sequence[EvalResult]) -> Record:
     """What federated evaluation reports: the example-weighted loss and accuracy, and how
     accuracy spreads over clients (mean, 10th percentile, worst), which a personalized
     model is judged by. Clients that personalize also report the global model's accuracy."""
-    n = sum(o.num_examples for o in results)
-    if not n:
+    if not sum(o.num_examples for o in results):
         return {"fed_eval_clients": 0}
     acc = np.array([float(o.metrics["accuracy"]) for o in results])
     record: Record = {
-        "fed_eval_loss": sum(float(o.metrics["loss"]) * o.num_examples for o in results) / n,
-        "fed_eval_accuracy": sum(float(o.metrics["accuracy"]) * o.num_examples for o in results) / n,
+        "fed_eval_loss": _weighted(results, "loss"),
+        "fed_eval_accuracy": _weighted(results, "accuracy"),
         "fed_eval_clients": len(results),
         "fed_eval_client_mean": float(acc.mean()),
         "fed_eval_client_p10": float(np.percentile(acc, 10)),
         "fed_eval_client_min": float(acc.min()),
     }
-    scored = [o for o in results if "global_accuracy" in o.metrics]
-    if scored:
-        g = np.array([float(o.metrics["global_accuracy"]) for o in scored])
-        record["fed_eval_global_accuracy"] = sum(
-            float(o.metrics["global_accuracy"]) * o.num_examples for o in scored
-        ) / sum(o.num_examples for o in scored)
+    if scored := [o for o in results if "global_accuracy" in o.metrics]:
+        record["fed_eval_global_accuracy"] = _weighted(scored, "global_accuracy")
+        g = [float(o.metrics["global_accuracy"]) for o in scored]
         record["fed_eval_global_client_p10"] = float(np.percentile(g, 10))
     return record
+
+
+def _weighted(results: Sequence[EvalResult], key: str) -> float:
+    """The example-weighted mean of one metric."""
+    return sum(float(o.metrics[key]) * o.num_examples for o in results) / sum(o.num_examples for o in results)
 
 
 class Simulation:
