@@ -16,7 +16,7 @@ import enum
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
@@ -246,7 +246,7 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BY
     if not isinstance(header, dict) or header.get("type") not in _TYPES:
         raise WireFormatError(f"unknown message type; expected one of {sorted(_TYPES)}")
     cls = _TYPES[header["type"]]
-    arrays = _decode_arrays(header.get("arrays"), body)
+    arrays = decode_arrays(header.get("arrays"), body)
     kwargs = _decode_fields(cls, header.get("fields"), arrays)
     try:
         return cls(**kwargs)
@@ -254,7 +254,13 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BY
         raise WireFormatError(f"invalid {cls.__name__}: {exc}") from exc
 
 
-def _decode_arrays(specs: Any, body: memoryview) -> dict[str, np.ndarray]:
+def decode_arrays(
+    specs: Any, body: memoryview, allowed: Collection[str] = _ALLOWED_DTYPES
+) -> dict[str, np.ndarray]:
+    """The arrays a header's ``arrays`` entries describe, read from ``body`` without a copy,
+    each entry checked before use (unique name, a dtype from ``allowed``, a shape of
+    non-negative ints, offsets back to back, nothing past or after the end). Shared with
+    split learning's codec (``shoal/split/wire.py``), which allows fewer dtypes."""
     if not isinstance(specs, list):
         raise WireFormatError("header 'arrays' must be a list")
     out: dict[str, np.ndarray] = {}
@@ -265,7 +271,7 @@ def _decode_arrays(specs: Any, body: memoryview) -> dict[str, np.ndarray]:
         name, dtype, shape, offset = spec["name"], spec["dtype"], spec["shape"], spec["offset"]
         if not isinstance(name, str) or name in out:
             raise WireFormatError(f"array name {name!r} is not a unique string")
-        if dtype not in _ALLOWED_DTYPES:
+        if dtype not in allowed:
             raise WireFormatError(f"array {name!r}: dtype {dtype!r} not allowed")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise WireFormatError(f"array {name!r}: shape must be a list of non-negative ints")

@@ -15,13 +15,13 @@ reverse) is refused by its magic, not misread.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from typing import Any, Final
 
 import numpy as np
 
 from shoal.errors import WireFormatError
+from shoal.messages import decode_arrays
 from shoal.split.messages import MESSAGE_TYPES, SplitMessage
 
 MAGIC: Final = b"SHS1"
@@ -83,39 +83,12 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int) -> SplitMessage
     cls = _TYPES.get(header["type"]) if isinstance(header["type"], str) else None
     if cls is None:
         raise WireFormatError(f"unknown split message type; expected one of {sorted(_TYPES)}")
-    arrays = _decode_arrays(header["arrays"], buf[8 + hlen :])
+    arrays = decode_arrays(header["arrays"], buf[8 + hlen :], _DTYPES)
     kwargs = _decode_fields(cls, header["fields"], arrays)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise WireFormatError(f"invalid {cls.__name__}: {exc}") from exc
-
-
-def _decode_arrays(specs: Any, body: memoryview) -> dict[str, np.ndarray]:
-    if not isinstance(specs, list):
-        raise WireFormatError("header 'arrays' must be a list")
-    out: dict[str, np.ndarray] = {}
-    end = 0
-    for spec in specs:
-        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape", "offset"}:
-            raise WireFormatError("each array entry needs exactly name, dtype, shape, offset")
-        name, dtype, shape, offset = spec["name"], spec["dtype"], spec["shape"], spec["offset"]
-        if not isinstance(name, str) or name in out:
-            raise WireFormatError(f"array name {name!r} is not a unique string")
-        if dtype not in _DTYPES:
-            raise WireFormatError(f"array {name!r}: dtype {dtype!r} not allowed")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise WireFormatError(f"array {name!r}: shape must be a list of non-negative ints")
-        if type(offset) is not int or offset != end:
-            raise WireFormatError(f"array {name!r}: offset {offset!r}, expected {end}")
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        if offset + nbytes > len(body):
-            raise WireFormatError(f"array {name!r} ({nbytes} bytes) runs past the end of the message")
-        out[name] = np.frombuffer(body[offset : offset + nbytes], dtype=dtype).reshape(shape)
-        end = offset + nbytes
-    if end != len(body):
-        raise WireFormatError(f"{len(body) - end} trailing bytes after the last array")
-    return out
 
 
 def _decode_fields(cls: type[SplitMessage], raw: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
