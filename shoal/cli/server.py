@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from shoal import config as cfgmod
+from shoal.cli import dashboard
 from shoal.cli.common import (
     config_flags,
     config_keys,
@@ -55,6 +56,7 @@ def add_parser(sub: Any) -> None:
         "cut as [data] says (the server loads it for its test split and admits only those ids)",
     )
     srv.add_argument("--quiet", action="store_true")
+    dashboard.add_flags(srv, "--dashboard")
     config_keys(srv, skip=frozenset({"--min-clients"}))  # here: devices to wait for
     srv.set_defaults(handler=handle)
 
@@ -81,6 +83,11 @@ def handle(args: argparse.Namespace, console: Console) -> int:
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
     kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None
     kw["partition"] = args.experiment
+    if args.dashboard is not None:  # a live page of the run folder, with the devices connected
+        from shoal.dashboard import DashboardSpec, parse_address
+
+        token = dashboard.token_for(parse_address(args.dashboard)[0], args.dashboard_token)
+        kw["dashboard"] = DashboardSpec(args.dashboard, token, lambda url: console.print(f"dashboard: {url}"))
     console.print(f"[bold]shoal server[/bold] on {args.address}: {cfg.rounds} rounds, run folder {out}")
     if args.quiet:
         history = serve(cfg, out, args.address, tls, **kw)

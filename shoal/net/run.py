@@ -21,6 +21,7 @@ from pathlib import Path
 
 from shoal import config as cfgmod
 from shoal import experiment
+from shoal.dashboard import DashboardSpec
 from shoal.data.datasets import FederatedDataset, ServerData
 from shoal.errors import ConfigError
 from shoal.net.backend import GrpcBackend, NetworkChannel
@@ -73,6 +74,7 @@ def serve(
     callbacks: Sequence[Callback] = (),
     tokens: Mapping[str, str] | None = None,
     partition: bool = False,
+    dashboard: DashboardSpec | None = None,
 ) -> History:
     """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``.
     ``partition``: an experiment over the config's dataset cut into clients (see above)."""
@@ -111,6 +113,9 @@ def serve(
         if isinstance(t, SecureAggregation):
             t.channel = NetworkChannel(backend, timeout_s=min(30.0, round_timeout_s))
     server = start_server(backend, address, tls, insecure)
+    board = None
+    if dashboard is not None:  # the run folder's page, with who is connected now
+        board = dashboard.start(out_dir, lambda: {"devices_connected": len(backend.available() or ())})
     if not resume:
         (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
         (out_dir / "metrics.jsonl").write_text("")
@@ -141,6 +146,8 @@ def serve(
         backend.wait_until_told(timeout_s=15.0)  # devices in backoff still learn that the run ended
         server.stop(grace=2.0)
         registry.close()
+        if board is not None:
+            board.stop()
 
 
 def _cohort(cfg: cfgmod.RunConfig, data: FederatedDataset | ServerData, min_clients: int | None) -> int:

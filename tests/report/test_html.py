@@ -177,4 +177,5 @@ def test_a_drifting_run_plots_old_and_new_data_on_the_accuracy_plot() -> None:
     accuracy = figures(records, {})[0].axes[0]
     legend = accuracy.get_legend()
     assert legend is not None
-    assert [t.get_text() for t in legend.get_texts()] == ["central test", "old data (drift)", "new data (drift)"]
+    names = [t.get_text() for t in legend.get_texts()]
+    assert names == ["central test", "old data (drift)", "new data (drift)"]
