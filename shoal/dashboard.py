@@ -95,15 +95,16 @@ class RunFolder:
         return {
             "run": self.run_dir.name,
             "planned_rounds": self._planned(),
-            "summary": self._json("summary.json"),
+            "summary": self.summary(),
             "records": self.records(),
             "live": self.live() if self.live is not None else None,
             "time": time.time(),
         }
 
-    def _json(self, name: str) -> dict[str, Any] | None:
+    def summary(self) -> dict[str, Any] | None:
+        """The run's summary.json: there once the run has finished."""
         try:
-            loaded = json.loads((self.run_dir / name).read_text())
+            loaded = json.loads((self.run_dir / "summary.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         return loaded if isinstance(loaded, dict) else None
@@ -195,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         folder = self.server.folder
         state = folder.state()
-        sent, beat = len(state["records"]), time.monotonic()
+        sent, summary, beat = len(state["records"]), state["summary"], time.monotonic()
         try:
             self._event("state", state)
             while not self.server.stopping.wait(POLL_S):
@@ -206,6 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
                 for record in records[sent:]:
                     self._event("record", record)
                 sent = len(records)
+                if (now := folder.summary()) != summary:  # the run finished (or was resumed)
+                    self._event("summary", now)
+                    summary = now
                 if folder.live is not None:
                     self._event("live", folder.live())
                 if time.monotonic() - beat > HEARTBEAT_S:
