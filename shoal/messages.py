@@ -16,7 +16,7 @@ import enum
 import json
 import math
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
@@ -203,16 +203,7 @@ def _header(msg: Message) -> tuple[bytes, list[np.ndarray]]:
             scalars[name] = str(getattr(msg, name)) if kind == "str" else getattr(msg, name)
         elif kind == "scalars":
             scalars[name] = dict(getattr(msg, name))
-    specs, arrays, offset = [], [], 0
-    for key, arr in _array_entries(msg):
-        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        if le.dtype.str not in _ALLOWED_DTYPES:
-            raise WireFormatError(
-                f"array {key} has dtype {le.dtype.str}, not one of {sorted(_ALLOWED_DTYPES)}"
-            )
-        specs.append({"name": key, "dtype": le.dtype.str, "shape": list(le.shape), "offset": offset})
-        arrays.append(le)
-        offset += le.nbytes
+    specs, arrays = encode_arrays(_array_entries(msg))
     header = {"type": type(msg).__name__, "fields": scalars, "arrays": specs}
     return json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), arrays
 
@@ -252,6 +243,24 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BY
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise WireFormatError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def encode_arrays(
+    entries: Iterable[tuple[str, np.ndarray]], allowed: Collection[str] = _ALLOWED_DTYPES
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The header entries and little-endian arrays of ``entries``, back to back (what
+    :func:`decode_arrays` reads); a dtype outside ``allowed`` is refused."""
+    specs: list[dict[str, Any]] = []
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for key, arr in entries:
+        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        if le.dtype.str not in allowed:
+            raise WireFormatError(f"array {key} has dtype {le.dtype.str}, not one of {sorted(allowed)}")
+        specs.append({"name": key, "dtype": le.dtype.str, "shape": list(le.shape), "offset": offset})
+        arrays.append(le)
+        offset += le.nbytes
+    return specs, arrays
 
 
 def decode_arrays(

@@ -93,3 +93,23 @@ def test_the_page_follows_a_live_run_and_agrees_with_metrics_jsonl(tmp_path):
             assert int(devices.get_attribute("data-points")) == ROUNDS
         finally:
             driver.quit()
+
+
+def test_what_a_device_reports_is_shown_as_text_never_run(tmp_path):
+    """A failure reason is the device's own words: markup in it must stay text."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("rounds = 3\n")
+    reason = "<img src=x onerror=\"document.title='owned'\">"
+    record = {"round": 1, "clients_failed": 1, "failures": [f"d1: error: {reason}"]}
+    (out / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    with Dashboard(out, "127.0.0.1:0") as board:
+        driver = browser()
+        try:
+            driver.get(board.url)
+            cell = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "#failures td"))
+            assert cell.text == f"error: {reason}"
+            assert not driver.find_elements(By.CSS_SELECTOR, "#failures img")
+            assert driver.title == "shoal dashboard"
+        finally:
+            driver.quit()

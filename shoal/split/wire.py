@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 
 from shoal.errors import WireFormatError
-from shoal.messages import decode_arrays
+from shoal.messages import decode_arrays, encode_arrays
 from shoal.split.messages import MESSAGE_TYPES, SplitMessage
 
 MAGIC: Final = b"SHS1"
@@ -41,14 +41,7 @@ def _arrays(msg: SplitMessage) -> list[tuple[str, np.ndarray]]:
 
 def _header(msg: SplitMessage) -> tuple[bytes, list[np.ndarray]]:
     fields = {n: getattr(msg, n) for n, kind in msg._WIRE.items() if kind in _SCALARS}
-    specs, arrays, offset = [], [], 0
-    for name, arr in _arrays(msg):
-        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        if le.dtype.str not in _DTYPES:
-            raise WireFormatError(f"{name} has dtype {le.dtype.str}; split messages carry {sorted(_DTYPES)}")
-        specs.append({"name": name, "dtype": le.dtype.str, "shape": list(le.shape), "offset": offset})
-        arrays.append(le)
-        offset += le.nbytes
+    specs, arrays = encode_arrays(_arrays(msg), _DTYPES)
     header = {"type": type(msg).__name__, "fields": fields, "arrays": specs}
     return json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), arrays
 

@@ -17,7 +17,7 @@ import pytest
 import shoal
 from shoal.client import TorchTrainer
 from shoal.errors import ConfigError
-from shoal.messages import MAGIC, Failure, TrainResult, TrainTask, encode
+from shoal.messages import MAGIC, EvalResult, EvalTask, Failure, TrainResult, TrainTask, encode
 from shoal.net.auth import token_digest
 from shoal.net.backend import GrpcBackend
 from shoal.net.chunks import CHUNK_BYTES, chunk_stream
@@ -377,3 +377,34 @@ def test_junk_answered_at_once_does_not_end_an_over_selected_round_early(fed_dig
     finally:
         server.stop(None)
     assert [type(o).__name__ for o in box["out"]] == ["Failure", "Failure", "TrainResult", "TrainResult"]
+
+
+def test_an_evaluation_a_device_forges_is_refused_and_costs_only_its_score():
+    """Federated evaluation's answers are judged on arrival too: before, one without an
+    accuracy reached the round loop's average and stopped the run."""
+    backend, address, server = serve()
+    forged = {
+        "no accuracy": ({"loss": 0.1}, "no 'accuracy'"),
+        "accuracy 7": ({"loss": 0.1, "accuracy": 7.0}, "outside [0, 1]"),
+        "global accuracy -1": ({"loss": 0.1, "accuracy": 0.5, "global_accuracy": -1.0}, "outside [0, 1]"),
+    }
+    try:
+        for name, (metrics, why) in forged.items():
+            s, md = stub(address, "0")
+            s.Join(
+                pb.JoinRequest(state=pb.DeviceState(charging=True, unmetered=True, idle=True)), metadata=md
+            )
+            box: dict[str, list] = {}
+            task = EvalTask(1, "0", PARAMS)
+            thread = threading.Thread(
+                target=lambda t=task, b=box: b.update(out=backend.evaluate([t])), daemon=True
+            )
+            thread.start()
+            fetch(s, md)
+            answer = encode(EvalResult(1, "0", 20, metrics))
+            reply = s.PutResult(chunk_stream("result", answer), timeout=10, metadata=md)
+            thread.join(timeout=30)
+            assert not reply.accepted and why in reply.reason, (name, reply.reason)
+            assert isinstance(box["out"][0], Failure), name
+    finally:
+        server.stop(None)
