@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.history import History, MetricsLog, Record
 from shoal.runtime.simulation import Callback, Simulation
 from shoal.runtime.vectorized import VectorizedBackend, cohort_supported, cohorts_pay_off
+from shoal.scores import binary
 from shoal.strategy.base import Strategy
 from shoal.transforms.base import UpdateTransform
 
@@ -72,7 +74,19 @@ def _load_data(cfg: RunConfig) -> FederatedDataset:
         return synthetic_population(d.num_clients, d.synthetic_alpha, d.synthetic_beta, cfg.seed)
     if d.dataset is DatasetName.SHAKESPEARE:  # natural clients too: num_clients keeps the largest roles
         return shakespeare(d.num_clients)
+    if d.dataset in _USE_CASES:  # the use cases' data: natural clients, made from the seed
+        module, name = _USE_CASES[d.dataset].split(":")
+        make: Callable[..., FederatedDataset] = getattr(importlib.import_module(module), name)
+        return make(d.num_clients, seed=cfg.seed, holdout_fraction=d.holdout_fraction)
     return _partition(cfg, labeled(d.dataset, d.path, d.label_column, d.test_fraction, cfg.seed))
+
+
+_USE_CASES = {
+    DatasetName.HOSPITALS: "shoal.data.hospitals:hospitals",
+    DatasetName.FRAUD: "shoal.data.fraud:fraud",
+    DatasetName.WAKE_WORD: "shoal.data.wakeword:wake_word",
+    DatasetName.VEHICLES: "shoal.data.vehicles:vehicles",
+}
 
 
 def labeled(
@@ -389,6 +403,12 @@ def build(
                 "strategy.over_selection and deadline_s need a clock: simulate devices with "
                 'fleet = "phones" (or your fleet file), or serve the run with shoal server'
             )
+    classes = cfg.data.num_classes or data.num_classes
+    if (two_class := binary(cfg.eval.metrics)) and classes != 2:
+        raise ConfigError(
+            f"eval.metrics {', '.join(two_class)} score a two-class model (class 1 the positive one), "
+            f"but this model has {classes} classes: drop them or use top2..top10"
+        )
     first = None
     if not resuming and cfg.model.init != "random":
         first = start(
@@ -409,6 +429,7 @@ def build(
         out_dir=out_dir,
         limits=cfg.strategy.limits(data.sizes().values() if isinstance(data, FederatedDataset) else None),
         downlink=None if cfg.compression.downlink is CompressorName.NONE else cfg.compression.downlink,
+        metrics=cfg.eval.metrics,
     )
     if first is not None:  # what the first devices receive, for the summary
         sim.initial.update(init=first.how, pretrain_examples=first.examples, pretrain_seconds=first.seconds)
@@ -514,6 +535,12 @@ def finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> 
         if values:
             summary[key] = values[-1][1]
             summary["dp_delta"] = cfg.privacy.delta_for(population(sim.data))
+    for name in cfg.eval.metrics:  # the use case's own figures, as last measured
+        for key in (f"test_{name}", f"fed_eval_{name}"):
+            if values := history.series(key):
+                summary[f"final_{key}"] = values[-1][1]
+    if sim.client_scores:  # the last federated evaluation, device by device
+        summary["clients"] = sim.client_scores
     summary.update(sim.initial)
     if history.stopped:
         summary["stopped"] = history.stopped

@@ -23,6 +23,12 @@ def print_result(console: Console, history: History, out: Path) -> None:
     console.print(
         f"final test accuracy: {acc:.4f}" if acc is not None else "final test accuracy: not evaluated"
     )
+    summary = history.extra.get("summary", {})
+    for key, value in summary.items():  # the run's [eval] metrics, as last measured
+        if key.startswith("final_") and key != "final_test_accuracy" and isinstance(value, float):
+            console.print(f"{key.removeprefix('final_').replace('_', ' ')}: {value:.4f}")
+    if clients := summary.get("clients"):
+        print_clients(console, clients)
     eps = history.series("dp_epsilon") or history.series("ldp_epsilon_worst_client")
     if eps:
         delta = history.extra.get("summary", {}).get("dp_delta")
@@ -32,6 +38,27 @@ def print_result(console: Console, history: History, out: Path) -> None:
     # soft_wrap: a path must stay on one line when the output is a file or a pipe
     console.print(f"model hash: {history.model_hash}", soft_wrap=True)
     console.print(f"run folder: {out}  (report: {out / 'report.html'})", soft_wrap=True)
+
+
+def print_clients(console: Console, clients: dict[str, dict[str, float]], most: int = 20) -> None:
+    """The last federated evaluation as a table, a row a device (the ``most`` worst by
+    accuracy when there are more): how each site, bank or home fared on its own data."""
+    from rich.table import Table
+
+    rows = sorted(clients.items(), key=lambda kv: (kv[1].get("accuracy", 0.0), kv[0]))
+    columns = sorted(
+        {k for _, m in rows for k in m if k != "loss"}, key=lambda k: (k.startswith("global_"), k)
+    )
+    title = "last federated evaluation, on each device's held-out data"
+    if len(rows) > most:
+        title += f" (the {most} lowest of {len(rows)})"
+    console.print(title + ":")
+    table = Table()
+    for name in ("device", *columns):
+        table.add_column(name, justify="left" if name == "device" else "right")
+    for cid, m in sorted(rows[:most]):
+        table.add_row(cid, *(f"{m[c]:.3f}" if c in m else "-" for c in columns))
+    console.print(table)
 
 
 def run_folder(out: Path) -> Path:

@@ -84,6 +84,8 @@ class TorchTrainer:
     # device has them (replay and EWC run on the device)
     personalization: Personalization = field(default_factory=Personalization, metadata={"table": True})
     continual: ContinualConfig = field(default_factory=ContinualConfig, metadata={"table": True})
+    # [eval] metrics, which devices score their holdouts by too (shoal/scores.py)
+    eval_metrics: tuple[str, ...] = field(default=(), metadata={"table": True})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))

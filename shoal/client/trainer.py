@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from shoal.config.names import OptimizerName
 from shoal.data.datasets import ArrayDataset, ClientData
 from shoal.messages import EvalResult, EvalTask, TrainResult, TrainTask
 from shoal.params import FlatModule, ParamSpec, read_only_tensor
+from shoal.scores import scores
 
 TASK_OVERRIDES = frozenset({"lr", "local_epochs", "local_steps"})  # task.config keys that replace hparams
 
@@ -188,28 +189,44 @@ class TorchClient:
     def evaluate(self, task: EvalTask, data: ClientData, state: ClientState) -> EvalResult:
         if data.test is None or len(data.test) == 0:
             raise ValueError(f"client {task.client_id} holds no evaluation data (holdout_fraction is 0)")
+        names, batch = self.hparams.eval_metrics, self.hparams.eval_batch_size
         self.flat.load(task.params)
-        loss, acc = evaluate_module(self.module, data.test, self.hparams.eval_batch_size)
+        metrics = score_module(self.module, data.test, names, batch)
         run = local_run(self.hparams, {}, len(data.train), self.flat.spec)
         self._run = run.trainer
         own = personal_weights(task, state, data, run, self)
-        if own is None:
-            return EvalResult(task.round, task.client_id, len(data.test), {"loss": loss, "accuracy": acc})
-        self.flat.load(own)
-        mine_loss, mine_acc = evaluate_module(self.module, data.test, self.hparams.eval_batch_size)
-        metrics = {"loss": mine_loss, "accuracy": mine_acc, "global_loss": loss, "global_accuracy": acc}
+        if own is not None:  # the personal model's scores, with the global model's beside them
+            self.flat.load(own)
+            mine = score_module(self.module, data.test, names, batch)
+            metrics = mine | {f"global_{k}": v for k, v in metrics.items()}
         return EvalResult(task.round, task.client_id, len(data.test), metrics)
 
 
 @torch.no_grad()
 def evaluate_module(module: nn.Module, data: ArrayDataset, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``module`` on ``data``."""
+    got = score_module(module, data, (), batch_size)
+    return got["loss"], got["accuracy"]
+
+
+@torch.no_grad()
+def score_module(
+    module: nn.Module, data: ArrayDataset, metrics: Sequence[str] = (), batch_size: int = 1024
+) -> dict[str, float]:
+    """Mean cross-entropy, accuracy and the named ``metrics`` (:mod:`shoal.scores`) of
+    ``module`` on ``data``."""
     module.eval()
     loss_sum, correct = 0.0, 0
+    kept: list[torch.Tensor] = []
     for s in range(0, len(data), batch_size):
         xb, yb = data.x[s : s + batch_size], data.y[s : s + batch_size]
         logits = module(xb)
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
+        if metrics:
+            kept.append(logits.float())
     n = max(len(data), 1)
-    return loss_sum / n, correct / n
+    out = {"loss": loss_sum / n, "accuracy": correct / n}
+    if kept:
+        out |= scores(torch.cat(kept).cpu().numpy(), data.y.cpu().numpy(), metrics)
+    return out

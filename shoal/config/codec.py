@@ -187,8 +187,9 @@ def _plain(value: Any) -> Any:
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = _plain(dataclasses.asdict(cfg))
-    for table in ("personalization", "continual"):  # tables of their own, not [trainer] keys
-        del out["trainer"][table]
+    for f in dataclasses.fields(cfg.trainer):  # filled from other tables, not [trainer] keys
+        if f.metadata.get("table"):
+            out["trainer"].pop(f.name, None)
     return out
 
 

@@ -17,6 +17,11 @@ class DatasetName(enum.StrEnum):
     SHAKESPEARE = "shakespeare"  # As You Like It, one client per speaking role: next-char prediction
     # synthetic(alpha, beta) with each device made from its own seed when used: millions of devices
     SYNTHETIC_POPULATION = "synthetic-population"
+    # The use cases' data, natural clients each (examples/ and the README's use-case sections):
+    HOSPITALS = "hospitals"  # scikit-learn's breast-cancer set split into sites of unequal size and mix
+    FRAUD = "fraud"  # card transactions from banks with their own base rates and fraud patterns
+    WAKE_WORD = "wake-word"  # a keyword vs other words spoken by espeak-ng, one voice and room per home
+    VEHICLES = "vehicles"  # accelerometer and gyroscope windows from cars, one driver and road mix each
 
 
 class StrategyName(enum.StrEnum):

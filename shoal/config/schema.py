@@ -34,6 +34,7 @@ from shoal.continual.config import ContinualConfig
 from shoal.errors import ConfigError
 from shoal.rng import NoiseName
 from shoal.sampling import SamplingKind
+from shoal.scores import check_metric
 
 # What the sections build (strategies, DP, secure and homomorphic aggregation) is imported
 # where it is built, so that reading a config, and every error it can raise about keys,
@@ -375,8 +376,14 @@ class EvalConfig:
     eval_every: int = 1  # rounds between centralized test-set evaluations (0: never)
     federated_eval_every: int = 0  # rounds between evaluations on client holdouts (0: never)
     federated_eval_clients: int = 10
+    # scores beyond loss and accuracy, on the test set and the devices' holdouts (shoal/scores.py):
+    # top2..top10, and for two-class models pr_auc, roc_auc, far, frr, precision, recall, f1
+    metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(self.metrics)))
+        for name in self.metrics:
+            check_metric(name)
         _at_least("eval.eval_every", self.eval_every, 0)
         _at_least("eval.federated_eval_every", self.federated_eval_every, 0)
         _at_least("eval.federated_eval_clients", self.federated_eval_clients, 1)
@@ -668,6 +675,11 @@ class RunConfig:
         object.__setattr__(
             self,
             "trainer",
-            replace(self.trainer, personalization=self.personalization, continual=self.continual),
+            replace(
+                self.trainer,
+                personalization=self.personalization,
+                continual=self.continual,
+                eval_metrics=self.eval.metrics,
+            ),
         )
         rules.check(self)

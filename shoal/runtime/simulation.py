@@ -18,7 +18,7 @@ import torch
 
 from shoal.client.app import AppBuilder
 from shoal.client.hparams import TorchTrainer
-from shoal.client.trainer import evaluate_module
+from shoal.client.trainer import evaluate_module, score_module
 from shoal.data.datasets import FederatedDataset, ServerData
 from shoal.errors import ConfigError, RoundAbortedError, SpecMismatchError
 from shoal.messages import (
@@ -38,6 +38,7 @@ from shoal.runtime.backend import Backend, InProcessBackend
 from shoal.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.runtime.history import History, MetricsLog, Record
 from shoal.runtime.validation import ResultLimits, check_claims, check_eval, check_payload, norm_refusal
+from shoal.scores import is_metric
 from shoal.strategy.base import RoundContext, Strategy
 from shoal.transforms.base import TransformContext, UpdateTransform, apply_server, clients_in
 from shoal.transforms.downlink import codec_for, compress_tasks
@@ -76,6 +77,10 @@ def federated_eval_record(results: Sequence[EvalResult]) -> Record:
         record["fed_eval_global_accuracy"] = _weighted(scored, "global_accuracy")
         g = [float(o.metrics["global_accuracy"]) for o in scored]
         record["fed_eval_global_client_p10"] = float(np.percentile(g, 10))
+    # [eval] metrics, over the devices whose holdout defines them (no fraud, no PR-AUC)
+    named = sorted({k for o in results for k in o.metrics if is_metric(k.removeprefix("global_"))})
+    for key in named:
+        record[f"fed_eval_{key}"] = _weighted([o for o in results if key in o.metrics], key)
     return record
 
 
@@ -104,6 +109,7 @@ class Simulation:
         params: np.ndarray | None = None,
         limits: ResultLimits | None = None,
         downlink: str | None = None,
+        metrics: Sequence[str] = (),
     ) -> None:
         if eval_every < 0 or federated_eval_every < 0 or federated_eval_clients < 1:
             raise ConfigError("eval_every and federated_eval_every must be >= 0, federated_eval_clients >= 1")
@@ -124,6 +130,9 @@ class Simulation:
             federated_eval_every,
             federated_eval_clients,
         )
+        self.metrics = tuple(metrics)  # [eval] metrics on the server's test set (devices: in their app)
+        # the last federated evaluation, client by client: a use case's per-site figures
+        self.client_scores: dict[str, dict[str, float]] = {}
         self.params, self.spec = initial_params(model, seed)
         if params is not None:
             check_vector(params, self.spec, "initial params")
@@ -292,8 +301,10 @@ class Simulation:
 
     def _evaluate(self, r: int, last: int, record: Record) -> None:
         due = self.eval_every and (r % self.eval_every == 0 or r == last)
-        if due and (tested := self.test(self.params)) is not None:
-            record["test_loss"], record["test_accuracy"] = tested
+        if due and self._server is not None and self.data.test is not None:
+            self._server.load(self.params)
+            scored = score_module(self._server.module, self.data.test, self.metrics)
+            record.update({f"test_{k}": v for k, v in scored.items()})
         if due and self._tests:  # named test sets: a drift's old and new data
             assert self._server is not None
             self._server.load(self.params)
@@ -315,7 +326,12 @@ class Simulation:
         chosen = sorted(rng.choice(len(holders), size=min(self.fed_clients, len(holders)), replace=False))
         outs = self.backend.evaluate([EvalTask(r, holders[i], self.params) for i in chosen])
         # every answer is checked: a device's bad report costs its own score, not the round
-        return federated_eval_record([o for o in outs if isinstance(o, EvalResult) and check_eval(o) is None])
+        counted = [o for o in outs if isinstance(o, EvalResult) and check_eval(o) is None]
+        self.client_scores = {
+            o.client_id: {k: float(v) for k, v in o.metrics.items() if isinstance(v, int | float)}
+            for o in counted
+        }
+        return federated_eval_record(counted)
 
     def step(self, last: int) -> Record:
         """Run the next round and return its record."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from shoal.errors import ConfigError
 from shoal.messages import EvalResult, TrainResult
+from shoal.scores import is_metric
 from shoal.transforms.base import AGGREGATED
 
 
@@ -58,24 +59,23 @@ def check_claims(result: TrainResult, limits: ResultLimits) -> str | None:
     return norm_refusal(result, limits.max_update_norm)
 
 
-EVAL_SHARES = ("accuracy", "global_accuracy")  # shares of examples: in [0, 1]
-
-
 def check_eval(result: EvalResult) -> str | None:
     """Why an evaluation cannot be counted (None: it can): it must report a finite loss
-    and an accuracy in [0, 1] (and the global model's, when it personalizes) over at
-    least one example. (It weighs only in the reported scores, never in the model.)"""
+    and an accuracy over at least one example; every share it reports (accuracy, the
+    ``[eval] metrics``, and the global model's, when it personalizes) must be in [0, 1].
+    (It weighs only in the reported scores, never in the model.)"""
     if result.num_examples < 1:
         return f"claims {result.num_examples} evaluation examples"
-    for key in ("loss", *EVAL_SHARES):
-        value = result.metrics.get(key)
-        if value is None and key in ("loss", "accuracy"):
+    for key in ("loss", "accuracy"):
+        if key not in result.metrics:
             return f"reports no {key!r}"
-        if value is not None and (
-            not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
-        ):
+    for key, value in result.metrics.items():
+        name = key.removeprefix("global_")
+        if name not in ("loss", "accuracy") and not is_metric(name):
+            continue  # an app's own metric: the server reads it only to report it
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
             return f"reports {key} = {value!r}, not a finite number"
-        if value is not None and key in EVAL_SHARES and not 0.0 <= value <= 1.0:
+        if name != "loss" and not 0.0 <= value <= 1.0:
             return f"reports {key} = {value}, outside [0, 1]"
     return None
 
