@@ -147,7 +147,7 @@ class SecureAggregation(UpdateTransform):
             raise RoundAbortedError("secure aggregation needs at least 2 clients in a round")
         if self.plus:
             degree = self.degree or secagg_plus_degree(n)
-            degree = min(degree - degree % 2, n - 1)
+            degree = n - 1 if degree >= n - 1 else degree - degree % 2  # complete, or even
             graph = harary_graph(n, degree, seed_for(ctx.run_seed, ctx.round, Stream.TRANSFORM, "secagg+"))
         else:
             graph = complete_graph(n)

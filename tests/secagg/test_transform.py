@@ -39,6 +39,26 @@ def test_training_with_secure_aggregation_matches_training_without(fed_digits, s
     assert secure.records[-1]["clients_completed"] == 8
 
 
+@pytest.mark.parametrize("cohort", [2, 3])
+def test_secagg_plus_runs_a_round_of_two_or_three_devices_on_the_complete_graph(
+    fed_digits, small_mlp, cohort
+):
+    # a fleet's round may hold only two devices: the graph of about 3 log2(n) rounds to the
+    # complete one there, never to degree 0
+    strategy = shoal.FedAvg(clients_per_round=cohort, aggregator=mean)
+    plain = shoal.simulate(small_mlp, fed_digits, strategy, TRAINER, rounds=2)
+    secure = shoal.simulate(
+        small_mlp,
+        fed_digits,
+        strategy,
+        TRAINER,
+        rounds=2,
+        transforms=[SecureAggregation(bound=4.0, plus=True)],
+    )
+    np.testing.assert_allclose(secure.params, plain.params, atol=1e-5)
+    assert [r["secagg_degree"] for r in secure.records] == [cohort - 1] * 2
+
+
 class Spy(SecureAggregation):
     """Records what each client computed (device side) and everything the server got."""
 
