@@ -27,7 +27,7 @@ from shoal.data.partition import partition
 from shoal.data.shakespeare import shakespeare
 from shoal.data.synthetic import synthetic
 from shoal.errors import CheckpointError, ConfigError, DataError
-from shoal.models import ModelFactory, char_lstm, cnn_bn, mcmahan_2nn, mcmahan_cnn, mlp
+from shoal.models import ModelFactory, char_lstm, cnn_bn, mcmahan_2nn, mcmahan_cnn, mlp, sensor_cnn
 from shoal.params import ParamSpec, save_params
 from shoal.pretrain import start
 from shoal.runtime.backend import Backend, InProcessBackend
@@ -197,6 +197,8 @@ def model_factory(cfg: RunConfig, data: FederatedDataset | ServerData) -> ModelF
         return functools.partial(mcmahan_2nn, shape, classes)
     if cfg.model.name is ModelName.CHAR_LSTM:
         return functools.partial(char_lstm, classes, cfg.model.hidden)
+    if cfg.model.name is ModelName.SENSOR_CNN:
+        return functools.partial(sensor_cnn, shape, classes, cfg.model.hidden)
     return functools.partial(mlp, shape, classes, cfg.model.hidden)
 
 
@@ -442,6 +444,11 @@ def build(
 
 def run(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ()) -> History:
     """A fresh run into ``out_dir``: config.toml, metrics.jsonl, checkpoints, model, summary."""
+    if cfg.he.keyholder is not None:
+        raise ConfigError(
+            "he.keyholder is the network key holder, for shoal server; a simulation keeps the CKKS "
+            "keys in its own process: drop he.keyholder and he.public_key to simulate"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
     (out_dir / "metrics.jsonl").write_text("")

@@ -2,7 +2,9 @@
 
 ``run`` (a simulation), ``new`` (a project of your own), ``report`` (re-render a run's
 page), ``dashboard`` (a live page of a run folder), ``privacy`` (epsilon ahead of a run),
-the network deployment's ``certs``, ``server`` and ``client``, and ``split`` (split
+``predict`` (complete typed text with a run's next-character model),
+the network deployment's ``certs``, ``server``, ``client`` and ``keyholder`` (CKKS's key
+holder as its own party), and ``split`` (split
 learning over gRPC). Each module adds its parser and names its handler; :func:`main`
 parses, dispatches and turns a :class:`~shoal.errors.ShoalError` into one line on stderr
 and exit status 2.
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from shoal.cli import certs, client, dashboard, new, privacy, report, run, server, split
+from shoal.cli import certs, client, dashboard, keyholder, new, predict, privacy, report, run, server, split
 from shoal.errors import ShoalError
 
 __all__ = ["main"]
@@ -27,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
         prog="shoal", description="Federated deep learning for PyTorch.", allow_abbrev=False
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (run, new, report, dashboard, privacy, certs, server, client, split):
+    for command in (run, new, report, dashboard, privacy, certs, server, client, keyholder, split, predict):
         command.add_parser(sub)
     return p
 

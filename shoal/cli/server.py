@@ -56,6 +56,15 @@ def add_parser(sub: Any) -> None:
         "cut as [data] says (the server loads it for its test split and admits only those ids)",
     )
     srv.add_argument("--quiet", action="store_true")
+    srv.add_argument(
+        "--keyholder-token",
+        type=Path,
+        metavar="FILE",
+        help="[he] over the network: the server.token shoal keyholder wrote, to call it with",
+    )
+    srv.add_argument(
+        "--keyholder-ca", type=Path, metavar="FILE", help="the CA that signed the key holder's certificate"
+    )
     dashboard.add_flags(srv, "--dashboard")
     config_keys(srv, skip=frozenset({"--min-clients"}))  # here: devices to wait for
     srv.set_defaults(handler=handle)
@@ -83,6 +92,16 @@ def handle(args: argparse.Namespace, console: Console) -> int:
               join_timeout_s=args.join_timeout, resume=args.resume)  # fmt: skip
     kw["tokens"] = read_tokens(args.tokens) if args.tokens is not None else None
     kw["partition"] = args.experiment
+    if cfg.he.enabled:  # the key holder's credentials: a token, and its CA unless it runs plaintext
+        if args.keyholder_token is None:
+            raise ShoalError(
+                "[he] over the network: give --keyholder-token FILE (the key holder's server.token)"
+            )
+        from shoal.net.auth import read_token
+        from shoal.net.tls import ClientTLS
+
+        kw["keyholder_token"] = read_token(args.keyholder_token)
+        kw["keyholder_tls"] = ClientTLS(args.keyholder_ca) if args.keyholder_ca else None
     if args.dashboard is not None:  # a live page of the run folder, with the devices connected
         from shoal.dashboard import DashboardSpec, parse_address
 

@@ -85,6 +85,7 @@ class ModelName(enum.StrEnum):
     CNN_BN = "cnn_bn"  # a small CNN with batch norm (FedBN's kind of model)
     MLP = "mlp"
     CHAR_LSTM = "char_lstm"
+    SENSOR_CNN = "sensor_cnn"  # a small 1-D CNN over [channels, steps] windows (IMU, audio features)
 
 
 class BackendName(enum.StrEnum):

@@ -40,7 +40,7 @@ from shoal.scores import check_metric
 # where it is built, so that reading a config, and every error it can raise about keys,
 # types and names, costs no torch or privacy accountant.
 if TYPE_CHECKING:
-    from shoal.he.ckks import HomomorphicAggregation
+    from shoal.he.ckks import CKKSParams, HomomorphicAggregation
     from shoal.privacy.central import CentralDP
     from shoal.privacy.distributed import DistributedDP
     from shoal.privacy.local import LocalDP
@@ -509,14 +509,37 @@ class HEConfig:
     )
     poly_modulus_degree: int = 8192  # ciphertext slots = half of it
     scale_bits: int = 40  # CKKS precision: about 1e-7 on updates at 2^40
+    # Over the network the key holder is its own party (`shoal keyholder`): its host:port, for
+    # the server, and its public.ckks, which server and devices pin (their parameters win).
+    # A simulation keeps the keys in its own process and takes neither.
+    keyholder: str | None = None
+    public_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.keyholder is None) != (self.public_key is None):
+            raise ConfigError(
+                "he.keyholder and he.public_key go together: the key holder's host:port and the "
+                "public.ckks it wrote (shoal keyholder --out KEYDIR)"
+            )
+
+    def params(self) -> CKKSParams:
+        from shoal.he.ckks import CKKSParams
+
+        return CKKSParams(self.poly_modulus_degree, scale_bits=self.scale_bits)
 
     def build(self) -> HomomorphicAggregation | None:
+        """The transform: with the key holder's keys when it is its own party (the server
+        attaches its line to it), else with a key authority in this process."""
         if not self.enabled:
             return None
-        from shoal.he.ckks import CKKSParams, HomomorphicAggregation, KeyAuthority
+        from shoal.he.ckks import HomomorphicAggregation, KeyAuthority
 
-        params = CKKSParams(self.poly_modulus_degree, scale_bits=self.scale_bits)
-        return HomomorphicAggregation(KeyAuthority(params))
+        if self.public_key is not None:
+            from shoal.he.keyholder import read_public
+
+            params, context = read_public(self.public_key)
+            return HomomorphicAggregation(None, context, params.slots)
+        return HomomorphicAggregation(KeyAuthority(self.params()))
 
 
 _SPARSE = (CompressorName.TOP_K, CompressorName.RANDOM_MASK)

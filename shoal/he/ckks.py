@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,25 +74,59 @@ def unframe(data: bytes) -> list[bytes]:
     return out
 
 
-class KeyAuthority:
-    """Holds the secret key; decrypts aggregates and nothing else it is not sent."""
+class KeyHolderError(Exception):
+    """The key holder did not decrypt a sum (unreachable, or it refused the request)."""
 
-    def __init__(self, params: CKKSParams = CKKSParams()) -> None:
+
+class Decryptor(Protocol):
+    """What the server half decrypts its sum with: the key holder, in this process
+    (:class:`KeyAuthority`) or across the network (:class:`~shoal.he.keyholder.RemoteKeyAuthority`)."""
+
+    params: CKKSParams
+    public_context: bytes
+
+    def decrypt_sum(self, framed: bytes, length: int, round: int = 0) -> np.ndarray: ...
+
+
+class KeyAuthority:
+    """Holds the secret key; decrypts aggregates and nothing else it is not sent.
+    ``secret``: a saved :meth:`secret_context` to load instead of making new keys."""
+
+    def __init__(self, params: CKKSParams = CKKSParams(), secret: bytes | None = None) -> None:
         ts = _tenseal()
         self.params = params
-        secret = ts.context(
-            ts.SCHEME_TYPE.CKKS,
-            poly_modulus_degree=params.poly_modulus_degree,
-            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-        )
-        secret.global_scale = 2.0**params.scale_bits
-        public = secret.copy()
+        if secret is None:
+            made = ts.context(
+                ts.SCHEME_TYPE.CKKS,
+                poly_modulus_degree=params.poly_modulus_degree,
+                coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            )
+            made.global_scale = 2.0**params.scale_bits
+        else:
+            made = ts.context_from(secret)
+            if not made.is_private():
+                raise ConfigError("the saved key holds no secret key: it is a public context")
+        public = made.copy()
         public.make_context_public()  # drops the secret key: this is what everyone else gets
         self.public_context: bytes = public.serialize()
-        self._secret = secret
+        self._secret = made
         self.decryptions = 0
 
-    def decrypt_sum(self, framed: bytes, length: int) -> np.ndarray:
+    @classmethod
+    def from_secret(cls, secret: bytes, params: CKKSParams) -> KeyAuthority:
+        return cls(params, secret)
+
+    def secret_context(self) -> bytes:
+        """The whole context, secret key included: for the key holder's own disk only."""
+        data: bytes = self._secret.serialize(save_secret_key=True)
+        return data
+
+    def encrypt_zeros(self) -> bytes:
+        """One full ciphertext of zeros: how big a ciphertext is under these parameters."""
+        data: bytes = _tenseal().ckks_vector(self._secret, [0.0] * self.params.slots).serialize()
+        return data
+
+    def decrypt_sum(self, framed: bytes, length: int, round: int = 0) -> np.ndarray:
         ts = _tenseal()
         parts = [np.asarray(ts.ckks_vector_from(self._secret, c).decrypt()) for c in unframe(framed)]
         self.decryptions += 1
@@ -106,7 +140,7 @@ class KeyAuthority:
 class HomomorphicAggregation(UpdateTransform):
     """The update transform: encrypt on the device, add on the server, decrypt the sum only."""
 
-    authority: KeyAuthority | None  # the server's line to the key holder; never shipped to devices
+    authority: Decryptor | None  # the server's line to the key holder; never shipped to devices
     public_context: bytes = b""
     slots: int = 0
     _public_ctx: Any = field(default=None, init=False, repr=False)
@@ -159,10 +193,22 @@ class HomomorphicAggregation(UpdateTransform):
             return out
         if self.authority is None:
             raise ConfigError("the server half of homomorphic aggregation needs the key authority")
-        summed = self.authority.decrypt_sum(frame([v.serialize() for v in total]), ctx.num_params)
+        try:
+            summed = self.authority.decrypt_sum(
+                frame([v.serialize() for v in total]), ctx.num_params, ctx.round
+            )
+        except (KeyHolderError, ValueError) as exc:  # no sum this round: every update in it is lost
+            reason = f"the key holder did not decrypt the sum: {exc}"
+            return [Failure(r.round, r.client_id, FailureKind.REJECTED, reason) for r in counted] + out
         mean = (summed / len(counted)).astype(np.float32)
         self._metrics = {"he_ciphertext_bytes": int(np.mean([r.payload[CIPHERTEXT].size for r in counted]))}
         return [merged_result(ctx.round, "he-aggregate", counted, mean), *out]
+
+    def payload_bytes(self, num_params: int) -> int:
+        """Ciphertexts for ``num_params`` values, each within twice a fresh one's size."""
+        fresh = len(_tenseal().ckks_vector(self._public(), [0.0] * self.slots).serialize())
+        count = -(-num_params // self.slots)
+        return 4 + count * (4 + 2 * fresh)
 
     def round_metrics(self) -> dict[str, Scalar]:
         return dict(self._metrics)

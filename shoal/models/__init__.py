@@ -77,6 +77,28 @@ def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (6
     return nn.Sequential(*layers)
 
 
+def sensor_cnn(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (16, 32)) -> nn.Module:
+    """A small 1-D CNN over ``[channels, steps]`` windows (IMU axes over time): one
+    conv5 + ReLU per width in ``hidden``, a max-pool of 3 after the first, then the mean
+    over time and a linear head. The global mean makes it indifferent to when in the
+    window an event happens. 3,319 parameters on 6 x 75 windows with (16, 32)."""
+    if len(input_shape) != 2 or not hidden:
+        raise ConfigError(
+            "model.name = 'sensor_cnn' needs [channels, steps] windows and at least one width in "
+            f"model.hidden; got input shape {list(input_shape)} and hidden {list(hidden)}"
+        )
+    layers: list[nn.Module] = []
+    width = input_shape[0]
+    for i, h in enumerate(hidden):
+        layers += [nn.Conv1d(width, h, 5, padding=2), nn.ReLU()]
+        if i == 0:
+            layers.append(nn.MaxPool1d(3))  # [n, h, T] -> [n, h, T // 3]
+        width = h
+    # the mean over time: [n, width, steps] -> [n, width, 1] -> [n, width]
+    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
+
+
 class CharLSTM(nn.Module):
     """Next-character prediction: embed each id, run stacked LSTMs, classify the last state.
 
@@ -125,4 +147,5 @@ __all__ = [
     "mcmahan_2nn",
     "mcmahan_cnn",
     "mlp",
+    "sensor_cnn",
 ]

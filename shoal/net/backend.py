@@ -153,7 +153,7 @@ class GrpcBackend(Backend):
             return OVERHEAD_BYTES
         n = self.rules.params_of(task)
         if n not in self._train_bytes:
-            self._train_bytes[n] = train_result_bytes(n, self.rules.payload_keys)
+            self._train_bytes[n] = train_result_bytes(n, self.rules.payload_keys, self.rules.payload_bytes)
         return self._train_bytes[n]
 
     def _dispatch(self, tasks: Sequence[TrainTask | EvalTask]) -> list[Any]:

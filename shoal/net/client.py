@@ -243,8 +243,12 @@ class Device:
 
 def refuse_unsupported(cfg: cfgmod.RunConfig) -> None:
     """What the network cannot run yet, refused alike by the server and its devices."""
-    if cfg.he.enabled:  # the key authority would have to be its own network party
-        raise ConfigError("homomorphic aggregation over the network is not available yet; simulate it")
+    if cfg.he.enabled and cfg.he.keyholder is None:
+        raise ConfigError(
+            "homomorphic aggregation over the network needs the key holder as its own party: start "
+            "`shoal keyholder --config FILE --out KEYDIR`, then set he.keyholder = 'HOST:PORT' and "
+            "he.public_key = 'KEYDIR/public.ckks' (a copy on the server and on every device)"
+        )
     if cfg.strategy.straggler_fraction > 0:
         # Simulated stragglers would train on real devices, which keep their new state once
         # the server accepts the upload, and then be dropped: SCAFFOLD's c would drift.

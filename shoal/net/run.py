@@ -24,11 +24,13 @@ from shoal import experiment
 from shoal.dashboard import DashboardSpec
 from shoal.data.datasets import FederatedDataset, ServerData
 from shoal.errors import ConfigError
+from shoal.he.ckks import HomomorphicAggregation
+from shoal.he.keyholder import RemoteKeyAuthority
 from shoal.net.backend import GrpcBackend, NetworkChannel
 from shoal.net.client import refuse_unsupported
 from shoal.net.registry import Registry
 from shoal.net.server import start_server
-from shoal.net.tls import TLSFiles
+from shoal.net.tls import ClientTLS, TLSFiles
 from shoal.net.uploads import UploadRules
 from shoal.params import ParamSpec
 from shoal.runtime import History
@@ -57,6 +59,7 @@ def upload_rules(
         num_params=num_params,
         payload_keys=strategy.payload_keys,
         check_payload=all(t.keeps_payload_layout() for t in transforms),
+        payload_bytes=max((t.payload_bytes(num_params) or 0 for t in transforms), default=0) or None,
     )
 
 
@@ -75,9 +78,13 @@ def serve(
     tokens: Mapping[str, str] | None = None,
     partition: bool = False,
     dashboard: DashboardSpec | None = None,
+    keyholder_token: str | None = None,
+    keyholder_tls: ClientTLS | None = None,
 ) -> History:
     """Run ``cfg`` with remote devices; checkpoints every round into ``out_dir``.
-    ``partition``: an experiment over the config's dataset cut into clients (see above)."""
+    ``partition``: an experiment over the config's dataset cut into clients (see above).
+    ``keyholder_token``, ``keyholder_tls``: how the server reaches ``shoal keyholder``
+    (homomorphic aggregation)."""
     refuse_unsupported(cfg)
     data: FederatedDataset | ServerData
     if partition:  # the central test set, the shapes, the enrolled client ids
@@ -109,9 +116,16 @@ def serve(
         commit_fraction=commit_fraction,
         buffer_size=buffer,
     )
+    keyholder = None
     for t in transforms:  # secure aggregation reaches the devices through the backend
         if isinstance(t, SecureAggregation):
             t.channel = NetworkChannel(backend, timeout_s=min(30.0, round_timeout_s))
+        if isinstance(t, HomomorphicAggregation):  # and CKKS's sums the key holder
+            assert cfg.he.keyholder is not None and cfg.he.public_key is not None  # refuse_unsupported
+            keyholder = RemoteKeyAuthority(
+                cfg.he.keyholder, cfg.he.public_key, keyholder_token, keyholder_tls
+            )
+            t.authority = keyholder
     server = start_server(backend, address, tls, insecure)
     board = None
     if dashboard is not None:  # the run folder's page, with who is connected now
@@ -148,6 +162,8 @@ def serve(
         registry.close()
         if board is not None:
             board.stop()
+        if keyholder is not None:
+            keyholder.close()
 
 
 def _cohort(cfg: cfgmod.RunConfig, data: FederatedDataset | ServerData, min_clients: int | None) -> int:

@@ -39,15 +39,16 @@ OVERHEAD_BYTES = 64 << 10
 SECAGG_PEER_BYTES = 2 << 10
 
 
-def train_result_bytes(num_params: int, payload_keys: Sequence[str]) -> int:
-    """The most a train result of this model may take on the wire."""
+def train_result_bytes(num_params: int, payload_keys: Sequence[str], payload_bytes: int | None = None) -> int:
+    """The most a train result of this model may take on the wire; ``payload_bytes``: what
+    a transform's payload may take instead, when more (CKKS ciphertexts)."""
     template = TrainResult(
         round=2**31,
         client_id="x" * 128,
         num_examples=2**62,
         payload={key: np.zeros(num_params, np.float32) for key in payload_keys},
     )
-    return encoded_size(template) + OVERHEAD_BYTES
+    return encoded_size(template) + max(payload_bytes or 0, 0) + OVERHEAD_BYTES
 
 
 def secagg_answer_bytes(population: int) -> int:
@@ -68,6 +69,7 @@ class UploadRules:
     num_params: int | None = None
     payload_keys: tuple[str, ...] = ("delta",)
     check_payload: bool = True
+    payload_bytes: int | None = None  # a transform's bigger payload (UpdateTransform.payload_bytes)
 
     def params_of(self, task: TrainTask | EvalTask) -> int:
         if self.num_params is not None:

@@ -93,6 +93,11 @@ class UpdateTransform(abc.ABC):
         """True when its guarantee assumes nobody can predict which clients a round picks."""
         return False
 
+    def payload_bytes(self, num_params: int) -> int | None:
+        """The most its client half's payload may take for a model of ``num_params``, when
+        that is more than the model's float32 vectors (a ciphertext); None: no more."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

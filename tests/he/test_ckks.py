@@ -16,7 +16,7 @@ ts = pytest.importorskip(
     "tenseal", reason='pip install "shoal[he]" (TenSEAL) to test homomorphic aggregation'
 )
 from shoal.he import HomomorphicAggregation, KeyAuthority  # noqa: E402
-from shoal.he.ckks import CIPHERTEXT, frame, unframe  # noqa: E402
+from shoal.he.ckks import CIPHERTEXT, KeyHolderError, frame, unframe  # noqa: E402
 
 TRAINER = shoal.TorchTrainer(lr=0.3, local_epochs=2, batch_size=16)
 
@@ -31,9 +31,29 @@ class CountingAuthority(KeyAuthority):
         super().__init__()
         self.received: list[int] = []  # ciphertext frames per decryption request
 
-    def decrypt_sum(self, framed, length):
+    def decrypt_sum(self, framed, length, round=0):
         self.received.append(len(framed))
-        return super().decrypt_sum(framed, length)
+        return super().decrypt_sum(framed, length, round)
+
+
+class RefusingAuthority(KeyAuthority):
+    """A key holder that is down, or refuses: no sum for any round."""
+
+    def decrypt_sum(self, framed, length, round=0):
+        raise KeyHolderError(f"round {round}: unreachable")
+
+
+def test_a_round_the_key_holder_does_not_decrypt_is_lost_and_the_run_goes_on(fed_digits, small_mlp):
+    history = shoal.simulate(
+        small_mlp,
+        fed_digits,
+        shoal.FedAvg(clients_per_round=4, aggregator=mean),
+        TRAINER,
+        rounds=2,
+        transforms=[HomomorphicAggregation(RefusingAuthority())],
+    )
+    assert [r["aborted"] for r in history.records] == [True, True]  # the model stays as it was
+    assert all("the key holder did not decrypt the sum" in r["failures"][0] for r in history.records)
 
 
 def test_encrypted_aggregation_trains_the_same_model(fed_digits, small_mlp):
