@@ -80,13 +80,14 @@ def hospitals(
     for site in sites[1:]:  # the first (largest) site takes what is left of each class
         n = round(site.patients * len(pool))
         sick = round(n * site.malignant)
-        picked[site.name] = np.array(
-            [by_class[1].pop() for _ in range(sick)] + [by_class[0].pop() for _ in range(n - sick)]
-        )
+        picked[site.name] = np.array(by_class[1][:sick] + by_class[0][: n - sick])
+        del by_class[1][:sick], by_class[0][: n - sick]
     first = sites[0]
-    n = round(first.patients * len(pool)) if num_clients < len(SITES) else len(by_class[0]) + len(by_class[1])
-    sick = min(round(n * first.malignant), len(by_class[1]))
-    picked[first.name] = np.array(by_class[1][:sick] + by_class[0][: n - sick])
+    if num_clients < len(SITES):  # fewer sites: the first is drawn to its own row of the table
+        sick = round(round(first.patients * len(pool)) * first.malignant)
+        n = round(first.patients * len(pool))
+        by_class = {1: by_class[1][:sick], 0: by_class[0][: n - sick]}
+    picked[first.name] = np.array(by_class[1] + by_class[0])
     train_rows = np.concatenate(list(picked.values()))
     mean, std = x_all[train_rows].mean(axis=0), x_all[train_rows].std(axis=0) + 1e-12
     clients = {}
