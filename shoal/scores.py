@@ -83,7 +83,7 @@ def _binary(name: str, logits: np.ndarray, y: np.ndarray) -> float | None:
         shifted = logits - logits.max(axis=1, keepdims=True)  # softmax of class 1, overflow-safe
         p1 = np.exp(shifted[:, 1]) / np.exp(shifted).sum(axis=1)
         score: Callable[..., float] = average_precision_score if name == "pr_auc" else roc_auc_score
-        return float(score(positive, p1))
+        return min(max(float(score(positive, p1)), 0.0), 1.0)  # float sums can land a hair above 1
     flagged = logits[:, 1] > logits[:, 0]
     tp = int((flagged & positive).sum())
     counts = {

@@ -46,9 +46,10 @@ def print_clients(console: Console, clients: dict[str, dict[str, float]], most: 
     from rich.table import Table
 
     rows = sorted(clients.items(), key=lambda kv: (kv[1].get("accuracy", 0.0), kv[0]))
-    columns = sorted(
-        {k for _, m in rows for k in m if k != "loss"}, key=lambda k: (k.startswith("global_"), k)
-    )
+    # the device's own scores, and the global model's accuracy beside them when it personalizes
+    own = {k for _, m in rows for k in m if k != "loss" and not k.startswith("global_")}
+    shown = own | ({"global_accuracy"} if any("global_accuracy" in m for _, m in rows) else set())
+    columns = sorted(shown, key=lambda k: (k.startswith("global_"), k != "accuracy", k))
     title = "last federated evaluation, on each device's held-out data"
     if len(rows) > most:
         title += f" (the {most} lowest of {len(rows)})"

@@ -331,7 +331,12 @@ class Simulation:
             o.client_id: {k: float(v) for k, v in o.metrics.items() if isinstance(v, int | float)}
             for o in counted
         }
-        return federated_eval_record(counted)
+        record = federated_eval_record(counted)
+        if refused := [
+            f"{o.client_id}: {why}" for o in outs if isinstance(o, EvalResult) and (why := check_eval(o))
+        ]:
+            record["fed_eval_refused"] = refused[:5]  # a device's report the server would not count
+        return record
 
     def step(self, last: int) -> Record:
         """Run the next round and return its record."""

@@ -87,3 +87,27 @@ def test_run_train_turns_exceptions_into_failures(setup):
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises((ConfigError, ValueError), match=match):
         TorchTrainer(**kwargs)
+
+
+def test_a_batch_norm_model_trains_a_client_whose_last_batch_is_one_example():
+    # 49 examples at batch size 16: the epoch's last batch holds one, which batch norm
+    # cannot normalize in training; it is skipped rather than failing the client
+    import torch
+
+    import shoal
+    from shoal.data import ArrayDataset, ClientData, FederatedDataset
+    from shoal.models import cnn_bn
+
+    g = torch.Generator().manual_seed(0)
+    clients = {
+        str(i): ClientData(
+            ArrayDataset(torch.rand(49, 1, 8, 8, generator=g), torch.randint(0, 3, (49,), generator=g))
+        )
+        for i in range(2)
+    }
+    data = FederatedDataset("tiny", clients, 3, (1, 8, 8), None)
+    history = shoal.simulate(
+        lambda: cnn_bn((1, 8, 8), 3), data, shoal.FedAvg(clients_per_round=2),
+        shoal.TorchTrainer(batch_size=16), rounds=1, eval_every=0,
+    )  # fmt: skip
+    assert history.records[-1]["clients_completed"] == 2 and not history.records[-1]["failures"]
