@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shoal" / "fleet" / "data"
-FLEETS = ["phones", "iot"]
+FLEETS = ["phones", "iot", "vehicles"]
 
 TIER_KEYS = {"name", "share", "gflops_median", "gflops_sigma", "memory_mb", "battery_wh", "train_watts"}
 NETWORK_KEYS = {
