@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.data.datasets import ArrayDataset, ClientData, FederatedDataset
+from shoal.data.loaders import stratified_split
 from shoal.errors import DataError
 
 TEST_FRACTION = 0.2
@@ -73,7 +74,7 @@ def hospitals(
     bunch = load_breast_cancer()
     x_all, y_all = bunch.data.astype(np.float64), (bunch.target == 0).astype(np.int64)  # 1: malignant
     rng = np.random.default_rng(seed)
-    test_idx, pool = _stratified_split(y_all, TEST_FRACTION, rng)
+    pool, test_idx = stratified_split(y_all, TEST_FRACTION, rng)
     by_class = {c: list(rng.permutation(pool[y_all[pool] == c])) for c in (0, 1)}
     sites = SITES[:num_clients]
     picked: dict[str, np.ndarray] = {}
@@ -95,7 +96,7 @@ def hospitals(
         rows = picked[site.name]
         x = ((x_all[rows] * site.gain - mean) / std).astype(np.float32)
         y = y_all[rows]
-        held, kept = _stratified_split(y, holdout_fraction, rng)
+        kept, held = stratified_split(y, holdout_fraction, rng)
         clients[site.name] = ClientData(
             train=ArrayDataset.from_numpy(x[kept], y[kept]),
             test=ArrayDataset.from_numpy(x[held], y[held]) if len(held) else None,
@@ -103,16 +104,3 @@ def hospitals(
     test = ArrayDataset.from_numpy(((x_all[test_idx] - mean) / std).astype(np.float32), y_all[test_idx])
     sizes = {s.name: len(picked[s.name]) for s in sites}
     return FederatedDataset("hospitals", clients, 2, (x_all.shape[1],), test, sizes)
-
-
-def _stratified_split(
-    y: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of ``fraction`` of each class, and of the rest."""
-    out, rest = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        cut = round(len(idx) * fraction)
-        out.append(idx[:cut])
-        rest.append(idx[cut:])
-    return np.sort(np.concatenate(out)), np.sort(np.concatenate(rest))

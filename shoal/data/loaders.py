@@ -94,14 +94,20 @@ def fashion_mnist_available(root: str | Path | None = None) -> bool:
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    train, test = [], []
+    return stratified_split(y, test_fraction, np.random.default_rng(seed))
+
+
+def stratified_split(
+    y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices of the rest and of ``fraction`` of each class (rounded), drawn with ``rng``."""
+    rest, held = [], []
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
-        k = round(len(idx) * test_fraction)
-        test.append(idx[:k])
-        train.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+        k = round(len(idx) * fraction)
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
 
 
 def _split(

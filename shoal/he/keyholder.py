@@ -40,7 +40,6 @@ import math
 import os
 import struct
 import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from shoal.errors import ConfigError
 from shoal.he.ckks import CKKSParams, KeyAuthority, KeyHolderError, unframe
 from shoal.net.auth import ID_HEADER, TOKEN_HEADER, Authenticator, Refused, printable
 from shoal.net.tls import ClientTLS, TLSFiles
+from shoal.net.unary import serve_unary, unary_channel
 
 log = logging.getLogger("shoal.keyholder")
 
@@ -183,10 +183,6 @@ class KeyHolderService:
         return values.astype("<f8").tobytes()
 
 
-def _bytes(b: bytes) -> bytes:
-    return b
-
-
 def serve(
     service: KeyHolderService, address: str, tls: TLSFiles | None, insecure: bool = False
 ) -> tuple[grpc.Server, int]:
@@ -194,33 +190,17 @@ def serve(
     server and its port."""
     if tls is None and not insecure:
         raise ConfigError("the key holder needs TLS (--cert/--key) or --insecure for a local trial")
-    limit = service.max_request_bytes()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="shoal-keyholder"),
-        options=[
-            ("grpc.max_receive_message_length", limit),  # refused before the handler runs
-            ("grpc.max_send_message_length", 8 * service.max_values + 1024),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=8,
+    return serve_unary(
+        METHOD,
+        service.decrypt,
+        address,
+        tls,
+        receive_limit=service.max_request_bytes(),
+        send_limit=8 * service.max_values + 1024,
+        workers=4,
+        max_concurrent=8,
+        thread_prefix="shoal-keyholder",
     )
-    handler = grpc.unary_unary_rpc_method_handler(
-        service.decrypt, request_deserializer=_bytes, response_serializer=_bytes
-    )
-    name, method = METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, {method: handler}),))
-    try:
-        port = (
-            server.add_secure_port(address, tls.server_credentials())
-            if tls
-            else server.add_insecure_port(address)
-        )
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise ConfigError(f"cannot listen on {address}: in use, or not an address of this machine")
-    server.start()
-    return server, port
 
 
 class RemoteKeyAuthority:
@@ -241,12 +221,7 @@ class RemoteKeyAuthority:
         if token:
             self.metadata += ((TOKEN_HEADER, token),)
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = (
-            grpc.secure_channel(address, tls.credentials(), options=opts)
-            if tls
-            else grpc.insecure_channel(address, options=opts)
-        )
-        self._call = self.channel.unary_unary(METHOD, request_serializer=_bytes, response_deserializer=_bytes)
+        self.channel, self._call = unary_channel(address, METHOD, tls, opts)
 
     def decrypt_sum(self, framed: bytes, length: int, round: int = 0) -> np.ndarray:
         request = _HEADER.pack(REQUEST_MAGIC, round, length) + framed

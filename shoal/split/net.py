@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
@@ -43,6 +42,7 @@ from shoal.net.auth import (
     printable,
 )
 from shoal.net.tls import ClientTLS, TLSFiles
+from shoal.net.unary import serve_unary, unary_channel
 from shoal.runtime.history import Record
 from shoal.split.device import SplitDevice
 from shoal.split.errors import Refusal
@@ -55,10 +55,6 @@ log = logging.getLogger("shoal.split")
 
 METHOD = "/shoal.split.v1.Split/Exchange"
 CALLS_PER_PEER = 2  # a device makes one call at a time; one more covers a restart
-
-
-def _bytes(b: bytes) -> bytes:
-    return b
 
 
 class _Slots:
@@ -157,32 +153,17 @@ def serve(
             "the split server needs TLS (--cert/--key, and --ca for client certificates) or --insecure"
         )
     limit = service.server.limits.max_message_bytes()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shoal-split"),
-        options=[
-            ("grpc.max_receive_message_length", limit),  # refused before the handler runs
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=4 * workers,  # beyond that, RESOURCE_EXHAUSTED instead of a queue
+    return serve_unary(
+        METHOD,
+        service.exchange,
+        address,
+        tls,
+        receive_limit=limit,
+        send_limit=limit,
+        workers=workers,
+        max_concurrent=4 * workers,
+        thread_prefix="shoal-split",
     )
-    handler = grpc.unary_unary_rpc_method_handler(
-        service.exchange, request_deserializer=_bytes, response_serializer=_bytes
-    )
-    service_name, method = METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, {method: handler}),))
-    try:
-        port = (
-            server.add_secure_port(address, tls.server_credentials())
-            if tls
-            else server.add_insecure_port(address)
-        )
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise ConfigError(f"cannot listen on {address}: in use, or not an address of this machine")
-    server.start()
-    return server, port
 
 
 def run_rounds(
@@ -278,12 +259,7 @@ class SplitNetDevice:
             self.metadata += ((TOKEN_HEADER, token),)
         opts = [("grpc.max_receive_message_length", self.max_reply)]
         opts.append(("grpc.max_send_message_length", self.max_reply))
-        self.channel = (
-            grpc.secure_channel(address, tls.credentials(), options=opts)
-            if tls
-            else grpc.insecure_channel(address, options=opts)
-        )
-        self._call = self.channel.unary_unary(METHOD, request_serializer=_bytes, response_deserializer=_bytes)
+        self.channel, self._call = unary_channel(address, METHOD, tls, opts)
 
     def send(self, msg: SplitMessage) -> SplitMessage:
         reply = self._call(encode(msg), timeout=self.call_timeout_s, metadata=self.metadata)
