@@ -497,14 +497,8 @@ def run_split(cfg: RunConfig, out_dir: Path, callbacks: Sequence[Callback] = ())
         out_dir / "model.safetensors", history.params, history.spec, {"model_hash": history.model_hash}
     )
     summary = {
-        "rounds": len(history.records),
-        "final_test_accuracy": history.final_accuracy,
-        "model_hash": history.model_hash,
-        "bytes_up": history.bytes_up,
-        "bytes_down": history.bytes_down,
+        **_summary(history, cfg),
         "device_flops": sum(int(r["device_flops"]) for r in history.records),
-        "num_params": history.spec.num_params,
-        "seed": cfg.seed,
         "backend": f"split learning ({cfg.split.protocol})",
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -524,17 +518,24 @@ def resume(out_dir: Path, rounds: int | None = None, callbacks: Sequence[Callbac
     return finish(sim, sim.run(rounds or cfg.rounds, callbacks), cfg, out_dir)
 
 
-def finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> History:
-    """Write summary.json for a finished run (simulated or served) and return the history."""
-    summary = {
+def _summary(history: History, cfg: RunConfig) -> dict[str, object]:
+    """What every run's summary.json holds, federated or split."""
+    return {
         "rounds": len(history.records),
         "final_test_accuracy": history.final_accuracy,
         "model_hash": history.model_hash,
         "bytes_up": history.bytes_up,
         "bytes_down": history.bytes_down,
-        "wall_time": history.records[-1]["elapsed"] if history.records else 0.0,
         "num_params": history.spec.num_params,
         "seed": cfg.seed,
+    }
+
+
+def finish(sim: Simulation, history: History, cfg: RunConfig, out_dir: Path) -> History:
+    """Write summary.json for a finished run (simulated or served) and return the history."""
+    summary = {
+        **_summary(history, cfg),
+        "wall_time": history.records[-1]["elapsed"] if history.records else 0.0,
         "backend": type(sim.backend).__name__,
     }
     for key in ("dp_epsilon", "ldp_epsilon_worst_client"):

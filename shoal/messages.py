@@ -16,7 +16,7 @@ import enum
 import json
 import math
 import struct
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
@@ -210,22 +210,35 @@ def _header(msg: Message) -> tuple[bytes, list[np.ndarray]]:
 
 def encoded_size(msg: Message) -> int:
     """Exact length of ``encode(msg)``, computed without copying the arrays."""
-    head, arrays = _header(msg)
-    return len(MAGIC) + 4 + len(head) + sum(a.nbytes for a in arrays)
+    return framed_size(MAGIC, *_header(msg))
 
 
 def encode(msg: Message) -> bytes:
-    head, arrays = _header(msg)
-    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *(a.tobytes() for a in arrays)])
+    return frame(MAGIC, *_header(msg))
 
 
-def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
-    """Parse and validate a message. Raises :class:`WireFormatError` on anything malformed."""
+def framed_size(magic: bytes, head: bytes, arrays: Sequence[np.ndarray]) -> int:
+    """The length of :func:`frame`'s bytes, without copying the arrays."""
+    return len(magic) + 4 + len(head) + sum(a.nbytes for a in arrays)
+
+
+def frame(magic: bytes, head: bytes, arrays: Sequence[np.ndarray]) -> bytes:
+    """A codec's message: its 4-byte magic, the JSON header's length (u32) and the header,
+    then the arrays back to back. Shared with split learning's codec (its own magic)."""
+    return b"".join([magic, struct.pack("<I", len(head)), head, *(a.tobytes() for a in arrays)])
+
+
+def unframe(
+    data: bytes | bytearray | memoryview, magic: bytes, max_bytes: int, what: str, bad_magic: str
+) -> tuple[Any, memoryview]:
+    """:func:`frame`'s header (parsed JSON, any type: the caller checks it) and the arrays'
+    bytes; WireFormatError naming ``what`` if it is too long, has another magic
+    (``bad_magic`` says what it is not), or a header that runs past the end or is not JSON."""
     buf = memoryview(data).cast("B")
     if len(buf) > max_bytes:
-        raise WireFormatError(f"message of {len(buf)} bytes exceeds the limit of {max_bytes}")
-    if len(buf) < 8 or bytes(buf[:4]) != MAGIC:
-        raise WireFormatError("not a shoal message (bad magic); is the peer running shoal >= 0.1?")
+        raise WireFormatError(f"{what} of {len(buf)} bytes exceeds the limit of {max_bytes}")
+    if len(buf) < 8 or bytes(buf[:4]) != magic:
+        raise WireFormatError(bad_magic)
     (hlen,) = struct.unpack("<I", buf[4:8])
     if 8 + hlen > len(buf):
         raise WireFormatError(f"header length {hlen} runs past the end of a {len(buf)}-byte message")
@@ -233,7 +246,13 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BY
         header = json.loads(bytes(buf[8 : 8 + hlen]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireFormatError(f"message header is not valid JSON: {exc}") from exc
-    body = buf[8 + hlen :]
+    return header, buf[8 + hlen :]
+
+
+def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse and validate a message. Raises :class:`WireFormatError` on anything malformed."""
+    bad_magic = "not a shoal message (bad magic); is the peer running shoal >= 0.1?"
+    header, body = unframe(data, MAGIC, max_bytes, "message", bad_magic)
     if not isinstance(header, dict) or header.get("type") not in _TYPES:
         raise WireFormatError(f"unknown message type; expected one of {sorted(_TYPES)}")
     cls = _TYPES[header["type"]]

@@ -71,6 +71,9 @@ class TorchClient:
     def __init__(self, module: nn.Module, hparams: TorchTrainer) -> None:
         self.module = module
         self.flat = FlatModule(module)
+        # batch norm cannot normalize a batch of one example in training: fit skips an
+        # epoch's last batch of one (a client of 49 examples at batch size 16)
+        self._batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
         self.hparams = hparams
         self._run = hparams  # the settings of the task being trained (a task may override lr)
 
@@ -141,11 +144,8 @@ class TorchClient:
         self.module.train()
         loss_sum = torch.zeros(())
         seen = 0
-        # batch norm cannot normalize a batch of one example in training: an epoch's last
-        # batch of one is skipped (a client of 49 examples at batch size 16)
-        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules())
         for idx in batches(len(data), self._run.batch_size, steps, seed):
-            if batch_norm and len(idx) == 1 and len(data) > 1:
+            if self._batch_norm and len(idx) == 1 and len(data) > 1:
                 continue
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             opt.zero_grad(set_to_none=True)

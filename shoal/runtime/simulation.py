@@ -326,15 +326,14 @@ class Simulation:
         chosen = sorted(rng.choice(len(holders), size=min(self.fed_clients, len(holders)), replace=False))
         outs = self.backend.evaluate([EvalTask(r, holders[i], self.params) for i in chosen])
         # every answer is checked: a device's bad report costs its own score, not the round
-        counted = [o for o in outs if isinstance(o, EvalResult) and check_eval(o) is None]
+        judged = [(o, check_eval(o)) for o in outs if isinstance(o, EvalResult)]
+        counted = [o for o, why in judged if why is None]
         self.client_scores = {
             o.client_id: {k: float(v) for k, v in o.metrics.items() if isinstance(v, int | float)}
             for o in counted
         }
         record = federated_eval_record(counted)
-        if refused := [
-            f"{o.client_id}: {why}" for o in outs if isinstance(o, EvalResult) and (why := check_eval(o))
-        ]:
+        if refused := [f"{o.client_id}: {why}" for o, why in judged if why is not None]:
             record["fed_eval_refused"] = refused[:5]  # a device's report the server would not count
         return record
 

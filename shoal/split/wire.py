@@ -15,13 +15,12 @@ reverse) is refused by its magic, not misread.
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any, Final
 
 import numpy as np
 
 from shoal.errors import WireFormatError
-from shoal.messages import decode_arrays, encode_arrays
+from shoal.messages import decode_arrays, encode_arrays, frame, framed_size, unframe
 from shoal.split.messages import MESSAGE_TYPES, SplitMessage
 
 MAGIC: Final = b"SHS1"
@@ -48,35 +47,24 @@ def _header(msg: SplitMessage) -> tuple[bytes, list[np.ndarray]]:
 
 def encoded_size(msg: SplitMessage) -> int:
     """Exact length of ``encode(msg)``, without copying the arrays."""
-    head, arrays = _header(msg)
-    return len(MAGIC) + 4 + len(head) + sum(a.nbytes for a in arrays)
+    return framed_size(MAGIC, *_header(msg))
 
 
 def encode(msg: SplitMessage) -> bytes:
-    head, arrays = _header(msg)
-    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *(a.tobytes() for a in arrays)])
+    return frame(MAGIC, *_header(msg))
 
 
 def decode(data: bytes | bytearray | memoryview, max_bytes: int) -> SplitMessage:
     """A message from ``data`` of at most ``max_bytes``; WireFormatError on anything malformed."""
-    buf = memoryview(data).cast("B")
-    if len(buf) > max_bytes:
-        raise WireFormatError(f"a split message of {len(buf)} bytes exceeds the limit of {max_bytes}")
-    if len(buf) < 8 or bytes(buf[:4]) != MAGIC:
-        raise WireFormatError("not a split-learning message (bad magic)")
-    (hlen,) = struct.unpack("<I", buf[4:8])
-    if 8 + hlen > len(buf):
-        raise WireFormatError(f"header length {hlen} runs past the end of a {len(buf)}-byte message")
-    try:
-        header = json.loads(bytes(buf[8 : 8 + hlen]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireFormatError(f"message header is not valid JSON: {exc}") from exc
+    header, body = unframe(
+        data, MAGIC, max_bytes, "a split message", "not a split-learning message (bad magic)"
+    )
     if not isinstance(header, dict) or set(header) != {"type", "fields", "arrays"}:
         raise WireFormatError("the header must hold exactly type, fields and arrays")
     cls = _TYPES.get(header["type"]) if isinstance(header["type"], str) else None
     if cls is None:
         raise WireFormatError(f"unknown split message type; expected one of {sorted(_TYPES)}")
-    arrays = decode_arrays(header["arrays"], buf[8 + hlen :], _DTYPES)
+    arrays = decode_arrays(header["arrays"], body, _DTYPES)
     kwargs = _decode_fields(cls, header["fields"], arrays)
     try:
         return cls(**kwargs)
